@@ -1,0 +1,179 @@
+"""The ``distillab`` command line: train-teacher, distill, eval, list, demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from distillab.config import ConfigError, load_config
+from distillab.engine.checkpoint import CheckpointError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Knowledge distillation: train teachers, distill students, compare methods.")
+console = Console()
+
+# Errors a user can fix: shown as one message, no traceback.
+USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError, RuntimeError)
+
+
+def _fail(exc: BaseException) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _split(config: Optional[str], overrides: List[str], resume: Optional[Path]) -> tuple[Optional[str], List[str]]:
+    """With --resume the config file is optional: a first positional with '=' is an override."""
+    if config is not None and "=" in config and resume is not None:
+        return None, [config, *overrides]
+    return config, overrides
+
+
+def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], teacher_mode: bool,
+           store_result: bool = True) -> None:
+    from distillab.runner import find_config, load_run_config, run
+    from distillab.store import TeacherStore
+
+    try:
+        config, overrides = _split(config, overrides, resume)
+        if resume is not None and config is None:
+            cfg = load_run_config(resume, overrides)
+        elif config is None:
+            raise ConfigError("give a config file (see configs/), or --resume RUN_DIR")
+        else:
+            cfg = load_config(find_config(config), overrides)
+        if teacher_mode and cfg.teacher is not None:
+            raise ConfigError("train-teacher trains on labels alone: remove `teacher` from the config "
+                              "(use `distillab distill` to train against a teacher)")
+        summary, run_dir = run(cfg, resume=resume, console=console, label="teacher" if teacher_mode else "distill")
+        if teacher_mode and store_result:
+            path = TeacherStore(cfg.store).put(cfg, run_dir / "model.pt", summary)
+            console.print(f"stored teacher: {path}")
+    except USER_ERRORS as exc:
+        _fail(exc)
+    msg = f"[bold]done[/]: test top-1 {summary['test_top1']:.2f}% (last epoch), best {summary['best_top1']:.2f}% " \
+          f"(epoch {summary['best_epoch']}); run folder {run_dir}"
+    console.print(msg)
+
+
+@app.command("train-teacher")
+def train_teacher(
+    config: Optional[str] = typer.Argument(None, help="YAML config (e.g. configs/mnist1d/teacher_cnn1d.yaml)"),
+    overrides: List[str] = typer.Argument(None, help="dotted overrides, e.g. optim.lr=0.01 seed=3"),
+    resume: Optional[Path] = typer.Option(None, help="continue an interrupted run folder"),
+    store: bool = typer.Option(True, help="put the trained teacher into the teacher store"),
+) -> None:
+    """Train a model on labels alone and put it in the teacher store."""
+    _train(config, overrides or [], resume, teacher_mode=True, store_result=store)
+
+
+@app.command()
+def distill(
+    config: Optional[str] = typer.Argument(None, help="YAML config (e.g. configs/mnist1d/kd.yaml)"),
+    overrides: List[str] = typer.Argument(None, help="dotted overrides, e.g. method.weights.kd=1 seed=3"),
+    resume: Optional[Path] = typer.Option(None, help="continue an interrupted run folder"),
+) -> None:
+    """Train a student with a distillation method (or labels only, method ce)."""
+    _train(config, overrides or [], resume, teacher_mode=False)
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Path = typer.Argument(..., help="model.pt of a run, a run folder, or a foreign state dict"),
+    data: Optional[str] = typer.Option(None, help="data set (default: the one the model was trained on)"),
+    arch: Optional[str] = typer.Option(None, help="architecture (default: read from the checkpoint)"),
+    root: Optional[str] = typer.Option(None, help="data root"),
+    device: str = typer.Option("auto", help="cpu, cuda, mps or auto"),
+) -> None:
+    """Test top-1 of a trained model."""
+    from distillab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from distillab.engine.checkpoint import load_checkpoint
+    from distillab.engine.loader import BatchLoader
+    from distillab.engine.trainer import resolve_device
+    from distillab.runner import build_data, build_model
+
+    try:
+        path = checkpoint / "model.pt" if checkpoint.is_dir() else checkpoint
+        meta = load_checkpoint(path)
+        saved = meta.get("config") or {}
+        data_name = data or meta.get("data")
+        arch_name = arch or meta.get("arch")
+        if data_name is None or arch_name is None:
+            raise ConfigError("this checkpoint does not record its data set and architecture: pass --data and --arch")
+        data_cfg = DataConfig(name=data_name, root=root, options=(saved.get("data", {}).get("options", {})
+                                                                  if data_name == meta.get("data") else {}))
+        cfg = RunConfig(data=data_cfg, student=ModelConfig(arch=arch_name, options=meta.get("options") or {},
+                                                          checkpoint=str(path)), train=TrainConfig(device=device))
+        bundle = build_data(cfg)
+        model = build_model(cfg.student, bundle, "model").to(resolve_device(device)).eval()
+        dev = resolve_device(device)
+        loader = BatchLoader(bundle.test, 256, device=dev, shuffle=False)
+        import torch
+
+        correct = n = 0
+        with torch.no_grad():
+            for x, y, _ in loader:
+                correct += int((model(bundle.test_transform(x)).argmax(1) == y).sum())
+                n += len(y)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    console.print(f"{arch_name} on {data_name} test ({n} samples): top-1 {100.0 * correct / n:.2f}%")
+
+
+@app.command("list")
+def list_cmd(what: str = typer.Argument("all", help="models, datasets, methods, losses, teachers or all")) -> None:
+    """List registered models, data sets, methods, loss terms, or stored teachers."""
+    from distillab.data import DATASETS
+    from distillab.losses import LOSSES
+    from distillab.methods import METHODS
+    from distillab.models import MODELS
+    from distillab.registry import unknown_name_message
+    from distillab.store import TeacherStore
+
+    registries = {"models": MODELS, "datasets": DATASETS, "methods": METHODS, "losses": LOSSES}
+    if what not in (*registries, "teachers", "all"):
+        _fail(ValueError(unknown_name_message("list", what, [*registries, "teachers", "all"])))
+    for name, reg in registries.items():
+        if what in (name, "all"):
+            table = Table(title=name)
+            table.add_column("name", style="bold")
+            table.add_column("description")
+            for entry in reg.entries():
+                table.add_row(entry.name, entry.description)
+            console.print(table)
+    if what in ("teachers", "all"):
+        store = TeacherStore()
+        table = Table(title=f"teachers in {store.root}")
+        for col in ("data", "arch", "key", "test top-1", "path"):
+            table.add_column(col)
+        for e in store.entries():
+            top1 = f"{e['test_top1']:.2f}" if e["test_top1"] is not None else "-"
+            table.add_row(e["data"], e["arch"], e["key"], top1, e["path"])
+        console.print(table)
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("runs", help="folder for the demo's run folder"),
+    tiny: bool = typer.Option(False, help="a seconds-long run of the whole path (1 epoch, 400 samples)"),
+    overrides: List[str] = typer.Argument(None, help="dotted overrides applied to all three runs"),
+) -> None:
+    """MNIST-1D: train a teacher (or reuse it), a labels-only student and a KD student; compare."""
+    from distillab.demo import TINY, run_demo
+
+    try:
+        run_demo(out, (TINY if tiny else []) + list(overrides or []), console=console)
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    app(prog_name="distillab")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

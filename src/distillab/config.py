@@ -1,0 +1,216 @@
+"""Typed run configuration: YAML files plus ``key=value`` overrides, validated by pydantic.
+
+An unknown key or a wrong type is rejected with a message that names the key and the closest valid
+one. The resolved config is saved with every run and checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from distillab.registry import close_matches
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which key and how to fix it."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    name: str = "mnist1d"  # registered data set (`distillab list datasets`)
+    root: str | None = None  # where archives/caches live; None: $DISTILLAB_DATA or ~/.cache/distillab/data
+    download: bool = False  # fetch missing archives from their official address (MD5-checked)
+    augment: bool = True  # batched training augmentation of the data set (crop+flip, 1-D shift)
+    on_device: bool = True  # keep in-memory data sets on the training device (no host->device copies)
+    num_workers: int = 0  # DataLoader workers for data sets that are not held in memory
+    options: dict[str, Any] = Field(default_factory=dict)  # data-set-specific keyword options
+
+
+class ModelConfig(Section):
+    arch: str  # registered model (`distillab list models`)
+    options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments of the model factory
+    checkpoint: str | None = None  # state dict or checkpoint to load (distillab, RepDistiller, mdistiller)
+
+
+class TeacherConfig(ModelConfig):
+    arch: str | None = None  # None: taken from the checkpoint or the teacher config
+    config: str | None = None  # a train-teacher YAML: the teacher is looked up in the store by it
+    overrides: list[str] = Field(default_factory=list)  # overrides the teacher was trained with (store lookup)
+
+
+class MethodConfig(Section):
+    name: str = "ce"  # registered method (`distillab list methods`)
+    weights: dict[str, float] = Field(default_factory=dict)  # override a term's weight, e.g. {kd: 0.9}
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-term options, e.g. {kd: {temperature: 4}}
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.05  # CRD protocol: 0.05 (0.01 for MobileNetV2 / ShuffleNet students)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])  # epochs where lr *= gamma
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up from lr/100 (cosine and multistep alike)
+    min_lr: float = 0.0  # cosine floor
+
+
+class TrainConfig(Section):
+    epochs: int = 240
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    bf16: bool = False  # bf16 autocast on cuda/cpu
+    channels_last: bool = False  # memory format for 4-D image inputs
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
+    progress: bool = True  # rich progress bar
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    drop_last: bool = False
+
+    @field_validator("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "eval_every")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be at least 1")
+        return v
+
+
+class RunConfig(Section):
+    name: str | None = None  # run folder name; None: <method>-<student>-<data>-s<seed>
+    seed: int = 0
+    out_dir: str = "runs"  # run folders are created inside
+    store: str | None = None  # teacher store; None: $DISTILLAB_HOME/teachers or ~/.distillab/teachers
+    data: DataConfig = Field(default_factory=DataConfig)
+    student: ModelConfig = Field(validation_alias=AliasChoices("student", "model"))  # the trained network ("model" in teacher configs)
+    teacher: TeacherConfig | None = None
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def _section_fields(model: type[BaseModel], path: list[str]) -> list[str] | None:
+    """The valid keys at ``path`` inside ``model``, or None where the level is free-form (a dict)."""
+    for key in path:
+        field = model.model_fields.get(key)
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return list(model.model_fields)
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            valid = _section_fields(RunConfig, loc[:-1]) or []
+            matches = close_matches(loc[-1], valid)
+            hint = f"did you mean {'.'.join(loc[:-1] + [matches[0]])!r}?" if matches else f"valid keys here: {', '.join(valid)}"
+            lines.append(f"  unknown key {key!r}: {hint}")
+        elif e["type"] == "missing":
+            lines.append(f"  missing key {key!r}: it is required")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``optim.lr=0.01`` -> (["optim", "lr"], 0.01); the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. optim.lr=0.01)")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``; nested mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a config file. A top-level ``extends: other.yaml`` (relative to this file) is read first and
+    this file's keys are merged over it, so a protocol is written once and shared by many configs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        base_path = (path.parent / parent).resolve()
+        if base_path in _seen:
+            raise ConfigError(f"config file {str(path)!r}: `extends` loops back to {str(base_path)!r}")
+        raw = deep_merge(load_yaml(base_path, _seen + (path.resolve(),)), raw)
+    return raw
+
+
+def validate(raw: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    """Read a YAML file (or start from ``base``), apply dotted overrides, validate."""
+    raw = load_yaml(path) if path is not None else copy.deepcopy(base or {})
+    raw = apply_overrides(raw, overrides or [])
+    return validate(raw, str(path) if path is not None else "config")
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

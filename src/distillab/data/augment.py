@@ -1,0 +1,150 @@
+"""Batched augmentations on whatever device the batch is on, driven by an explicit generator.
+
+Each augmentation is split in two steps so that a cache can key on what was drawn:
+
+* ``sample_params(n, generator)`` draws the random parameters of ``n`` samples (a dict of tensors on
+  the generator's device; the generator is advanced by a fixed amount for a given ``n``);
+* ``apply(x, params)`` applies them to a batch, deterministically, on ``x``'s device.
+
+``aug(x, generator)`` does both. The same generator state gives the same parameters whichever
+device the batch lives on, so a run resumed from a saved generator state replays the same
+augmentations. With ``generator=None`` the global torch generator is used.
+
+Augmentations run *after* normalisation (see :class:`~distillab.data.base.DataBundle`), so padding
+must use the value that a black pixel takes once normalised, ``(0 - mean) / std`` per channel
+(:func:`normalised_black`): torchvision's ``RandomCrop(32, padding=4)`` pads the raw image with 0
+(black) before ``Normalize``, and padding the normalised batch with ``normalised_black`` gives
+exactly the same result.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+Params = dict[str, torch.Tensor]
+
+
+def normalised_black(mean: Sequence[float], std: Sequence[float]) -> list[float]:
+    """The per-channel value a raw 0 (black) takes after normalisation: ``(0 - mean) / std``."""
+    if len(mean) != len(std):
+        raise ValueError(f"mean ({len(mean)}) and std ({len(std)}) differ in length")
+    return [(0.0 - float(m)) / float(s) for m, s in zip(mean, std)]
+
+
+def _generator_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+class RandomCropFlip:
+    """Random crop of a padded batch plus random horizontal flip, per sample, for (N, C, H, W).
+
+    Equivalent to torchvision's ``RandomCrop(size=(H, W), padding=padding)`` followed by
+    ``RandomHorizontalFlip(0.5)``, applied to each sample independently. ``fill`` is the padding
+    value, one float or one per channel; for a normalised batch pass
+    ``normalised_black(mean, std)`` so the padding matches torchvision's black padding of the raw
+    image. The crop window's top-left corner in the padded image is drawn uniformly in
+    ``[0, 2 * padding]`` along each axis; the flip mirrors the cropped window.
+
+    Parameters (``sample_params``): ``offsets`` (N, 2) long, (row, column) of the window's top-left
+    corner in the padded image; ``flips`` (N,) bool. The offsets are drawn before the flips.
+    No Python loop over samples: the output is one ``gather`` from the padded batch.
+    """
+
+    def __init__(self, padding: int = 4, flip: bool = True, fill: float | Sequence[float] = 0.0) -> None:
+        if padding < 0:
+            raise ValueError(f"padding must be >= 0, got {padding}")
+        self.padding = int(padding)
+        self.flip = bool(flip)
+        self.fill = [float(fill)] if isinstance(fill, (int, float)) else [float(f) for f in fill]
+
+    def __repr__(self) -> str:
+        return f"RandomCropFlip(padding={self.padding}, flip={self.flip}, fill={self.fill})"
+
+    def sample_params(self, n: int, generator: torch.Generator | None = None) -> Params:
+        device = _generator_device(generator)
+        offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator, device=device)
+        if self.flip:
+            flips = torch.randint(0, 2, (n,), generator=generator, device=device).bool()
+        else:
+            flips = torch.zeros(n, dtype=torch.bool, device=device)
+        return {"offsets": offsets, "flips": flips}
+
+    def _fill_tensor(self, channels: int, x: torch.Tensor) -> torch.Tensor:
+        if len(self.fill) not in (1, channels):
+            raise ValueError(f"fill has {len(self.fill)} values for a batch with {channels} channels")
+        fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device)
+        return fill.expand(channels) if fill.numel() == 1 else fill
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"RandomCropFlip expects (N, C, H, W), got shape {tuple(x.shape)}")
+        n, c, h, w = x.shape
+        p = self.padding
+        offsets = params["offsets"].to(x.device)
+        flips = params["flips"].to(x.device)
+        if len(offsets) != n or len(flips) != n:
+            raise ValueError(f"params are for {len(offsets)} samples, batch has {n}")
+        hp, wp = h + 2 * p, w + 2 * p
+        if p > 0:
+            padded = self._fill_tensor(c, x).view(1, c, 1, 1).expand(n, c, hp, wp).clone()
+            padded[:, :, p : p + h, p : p + w] = x
+        else:
+            padded = x
+        rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # (N, H)
+        cols = torch.arange(w, device=x.device).expand(n, w)
+        cols = torch.where(flips[:, None], (w - 1) - cols, cols) + offsets[:, 1:2]  # (N, W)
+        flat = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+        out = padded.reshape(n, c, hp * wp).gather(2, flat)
+        return out.view(n, c, h, w)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(x, self.sample_params(len(x), generator))
+
+
+class RandomShift1D:
+    """Random shift along the last axis, per sample, for (N, C, L) signals.
+
+    ``out[..., t] = x[..., t - s]`` with ``s`` drawn uniformly in ``[-max_shift, max_shift]`` (a
+    positive ``s`` moves the signal right). ``mode="zero"`` (default) fills the uncovered positions
+    with ``fill`` (0 by default, which on a normalised batch is the training mean);
+    ``mode="circular"`` wraps around instead.
+
+    Parameters (``sample_params``): ``shifts`` (N,) long.
+    """
+
+    def __init__(self, max_shift: int, mode: str = "zero", fill: float = 0.0) -> None:
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+        if mode not in ("zero", "circular"):
+            raise ValueError(f"mode must be 'zero' or 'circular', got {mode!r}")
+        self.max_shift = int(max_shift)
+        self.mode = mode
+        self.fill = float(fill)
+
+    def __repr__(self) -> str:
+        return f"RandomShift1D(max_shift={self.max_shift}, mode={self.mode!r}, fill={self.fill})"
+
+    def sample_params(self, n: int, generator: torch.Generator | None = None) -> Params:
+        device = _generator_device(generator)
+        m = self.max_shift
+        shifts = torch.randint(-m, m + 1, (n,), generator=generator, device=device)
+        return {"shifts": shifts}
+
+    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"RandomShift1D expects (N, C, L), got shape {tuple(x.shape)}")
+        n, c, length = x.shape
+        shifts = params["shifts"].to(x.device)
+        if len(shifts) != n:
+            raise ValueError(f"params are for {len(shifts)} samples, batch has {n}")
+        src = torch.arange(length, device=x.device)[None, :] - shifts[:, None]  # (N, L)
+        if self.mode == "circular":
+            return x.gather(2, (src % length)[:, None, :].expand(n, c, length))
+        valid = (src >= 0) & (src < length)
+        out = x.gather(2, src.clamp(0, length - 1)[:, None, :].expand(n, c, length))
+        return torch.where(valid[:, None, :], out, torch.full_like(out, self.fill))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(x, self.sample_params(len(x), generator))

@@ -1,0 +1,94 @@
+"""Batching: in-memory data sets are indexed as tensors on the device; others go through a DataLoader.
+
+Shuffling is seeded by ``(seed, epoch)``, so a resumed run sees the same order as an uninterrupted
+one without saving generator state. With several ranks, each takes every ``world_size``-th sample of
+the shared permutation (padded to equal length), as ``DistributedSampler`` does. A data schedule can
+restrict training to a subset of sample indices with :meth:`BatchLoader.set_subset`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from distillab.data.base import ArrayDataset
+from distillab.engine.dist import DistInfo
+
+
+def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for one (seed, epoch, stream): stream 0 shuffles, stream 1 augments."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + epoch * 7_919 + stream) % (2**63 - 1))
+    return gen
+
+
+class BatchLoader:
+    def __init__(self, dataset: Dataset, batch_size: int, *, device: torch.device, shuffle: bool, seed: int = 0,
+                 drop_last: bool = False, num_workers: int = 0, on_device: bool = True,
+                 dist: DistInfo = DistInfo()) -> None:
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.num_workers = num_workers
+        self.dist = dist
+        self.epoch = 0
+        self.subset: torch.Tensor | None = None
+        self.in_memory = isinstance(dataset, ArrayDataset)
+        if self.in_memory and on_device:
+            dataset = dataset.to(device)
+        self.dataset = dataset
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_subset(self, indices: torch.Tensor | None) -> None:
+        """Train on these sample indices only (None: the whole set)."""
+        self.subset = None if indices is None else torch.as_tensor(indices, dtype=torch.long).cpu()
+
+    def _order(self) -> torch.Tensor:
+        base = self.subset if self.subset is not None else torch.arange(len(self.dataset))
+        if self.shuffle:
+            perm = torch.randperm(len(base), generator=epoch_generator(self.seed, self.epoch, 0))
+            base = base[perm]
+        if self.dist.world_size > 1:
+            per_rank = math.ceil(len(base) / self.dist.world_size)
+            pad = per_rank * self.dist.world_size - len(base)
+            if pad:
+                base = torch.cat([base, base[:pad]])
+            base = base[self.dist.rank::self.dist.world_size]
+        return base
+
+    def __len__(self) -> int:
+        n = len(self.subset) if self.subset is not None else len(self.dataset)
+        n = math.ceil(n / self.dist.world_size)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        order = self._order()
+        if self.in_memory:
+            yield from self._iter_memory(order)
+        else:
+            yield from self._iter_dataloader(order)
+
+    def _iter_memory(self, order: torch.Tensor):
+        ds: ArrayDataset = self.dataset
+        order = order.to(ds.inputs.device)
+        n = len(order)
+        stop = n - n % self.batch_size if self.drop_last else n
+        for start in range(0, stop, self.batch_size):
+            idx = order[start:start + self.batch_size]
+            x, y = ds.inputs[idx], ds.labels[idx]
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx.to(self.device)
+
+    def _iter_dataloader(self, order: torch.Tensor):
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order.tolist(),
+                            num_workers=self.num_workers, drop_last=self.drop_last,
+                            pin_memory=self.device.type == "cuda", persistent_workers=False)
+        for x, y, idx in loader:
+            yield (x.to(self.device, non_blocking=True), torch.as_tensor(y).to(self.device, non_blocking=True),
+                   torch.as_tensor(idx).to(self.device))

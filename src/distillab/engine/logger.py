@@ -1,0 +1,58 @@
+"""Per-epoch metrics: a CSV file always, TensorBoard when it is installed. Rank 0 writes, others do nothing."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: Path | None, tensorboard: bool = True, enabled: bool = True) -> None:
+        self.enabled = enabled and run_dir is not None
+        self.path = run_dir / "metrics.csv" if run_dir is not None else None
+        self.rows: list[dict[str, float]] = []
+        self._tb = None
+        if self.enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed: CSV only
+                self._tb = None
+
+    def restore(self, rows: list[dict[str, float]]) -> None:
+        """Continue from the rows of a checkpoint (rows logged after it are dropped)."""
+        self.rows = [dict(r) for r in rows]
+        self._write()
+
+    def log(self, row: dict[str, float]) -> None:
+        self.rows.append(dict(row))
+        if not self.enabled:
+            return
+        self._write()
+        if self._tb is not None:
+            step = int(row["epoch"])
+            for key, value in row.items():
+                if key != "epoch" and value == value:  # skip NaN placeholders
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+
+    def _write(self) -> None:
+        if not self.enabled:
+            return
+        columns: list[str] = []
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        tmp = self.path.with_name(".metrics.csv.tmp")
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, self.path)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,57 @@
+"""A rich progress bar over epochs and steps, showing loss, accuracy and throughput."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TrainingProgress:
+    """Context manager handed to :meth:`Trainer.fit` as ``progress_factory(epochs, steps)``."""
+
+    def __init__(self, epochs: int, steps: int, label: str = "train", console: Console | None = None,
+                 updates_per_epoch: int = 20) -> None:
+        self.epochs, self.steps, self.label = epochs, steps, label
+        self.every = max(1, steps // updates_per_epoch)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, transient=False, refresh_per_second=4,
+        )
+        self._epoch_task = None
+        self._step_task = None
+        self._tic = 0.0
+
+    def __enter__(self) -> "TrainingProgress":
+        self.progress.__enter__()
+        self._epoch_task = self.progress.add_task(f"{self.label} epochs", total=self.epochs, info="")
+        self._step_task = self.progress.add_task("  steps", total=self.steps, info="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def advance_epochs(self, done: int) -> None:
+        self.progress.update(self._epoch_task, completed=done)
+
+    def step_callback(self, epoch: int) -> Callable:
+        self.progress.reset(self._step_task, total=self.steps, description=f"  epoch {epoch}", info="")
+        self._tic = time.perf_counter()
+
+        def update(step: int, state) -> None:
+            if step % self.every and step != self.steps:
+                return
+            means = state.means()
+            rate = state.samples / max(time.perf_counter() - self._tic, 1e-9)
+            info = f"loss {means['train/loss']:.3f}  acc {means['train/top1']:.1f}%  {rate:,.0f} img/s"
+            self.progress.update(self._step_task, completed=step, info=info)
+
+        return update
+
+    def end_epoch(self, epoch: int, row: dict) -> None:
+        test = row.get("test/top1")
+        info = f"train {row['train/top1']:.1f}%" + (f"  test {test:.2f}%" if test is not None else "")
+        self.progress.update(self._epoch_task, completed=epoch, info=info)

@@ -1,0 +1,29 @@
+"""Run folders: one per run, never overwritten."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def create_run_dir(out_dir: str | Path, name: str) -> Path:
+    """Create ``out_dir/name``; if it exists, ``name-2``, ``name-3``, ... An existing folder is never reused."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    candidate, n = out / name, 1
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = out / f"{name}-{n}"
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)

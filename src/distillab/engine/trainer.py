@@ -1,0 +1,304 @@
+"""The one training loop: teacher training and every distillation method run through it.
+
+A run is: a student (trained), an optional teacher (frozen, eval mode, no_grad), an
+:class:`~distillab.objective.Objective` (weighted loss terms, which may own parameters and state),
+a :class:`~distillab.data.base.DataBundle`, an optimiser and a schedule. Methods extend the loop only
+through the objective's terms (``setup``, ``on_epoch_start``, ``forward``); no method name appears here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from distillab.config import RunConfig
+from distillab.data.base import DataBundle
+from distillab.engine.checkpoint import load_checkpoint, save_atomic
+from distillab.engine.dist import DistInfo
+from distillab.engine.loader import BatchLoader, epoch_generator
+from distillab.engine.logger import MetricsLogger
+from distillab.engine.schedule import build_optimizer, build_scheduler
+from distillab.features import FeatureTaps, probe_shapes, resolve_feature
+from distillab.losses import Batch, ModelOutputs, SetupContext
+from distillab.objective import Objective
+
+CHECKPOINT_FORMAT = "distillab-checkpoint-v1"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the terms and suggests fixes."""
+
+
+@dataclass
+class EpochState:
+    """Running sums for one epoch, kept as tensors on the device (no host sync per step)."""
+
+    samples: int = 0
+    correct: torch.Tensor | None = None
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def add(self, n: int, correct: torch.Tensor, total: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
+        self.samples += n
+        self.correct = correct if self.correct is None else self.correct + correct
+        for key, value in (("loss", total.detach()), *logs.items()):
+            v = value.float() * n
+            self.sums[key] = v if key not in self.sums else self.sums[key] + v
+
+    def means(self) -> dict[str, float]:
+        n = max(self.samples, 1)
+        out = {f"train/{k}": float(v) / n for k, v in self.sums.items()}
+        out["train/top1"] = 100.0 * float(self.correct if self.correct is not None else 0) / n
+        return out
+
+    def non_finite(self) -> list[str]:
+        return [k for k, v in self.sums.items() if not torch.isfinite(v).all()]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available: use train.device=cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but MPS is not available: use train.device=cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Train ``student`` on ``objective`` for ``cfg.train.epochs`` epochs, logging into ``run_dir``."""
+
+    def __init__(self, cfg: RunConfig, *, student: nn.Module, objective: Objective, data: DataBundle,
+                 teacher: nn.Module | None = None, run_dir: Path | None = None,
+                 device: torch.device | None = None, dist: DistInfo = DistInfo(),
+                 reporter: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.dist = dist
+        self.run_dir = run_dir if dist.is_main else None
+        self.device = device or resolve_device(cfg.train.device)
+        self.report = reporter or (lambda _msg: None)
+        self.memory_format = torch.channels_last if cfg.train.channels_last and len(data.input_shape) == 3 else None
+        if objective.needs_teacher and teacher is None:
+            raise ValueError(f"method {cfg.method.name!r} needs a teacher: set `teacher` in the config")
+
+        self.student = student.to(self.device)
+        if self.memory_format is not None:
+            self.student = self.student.to(memory_format=self.memory_format)
+        self.teacher = None
+        if teacher is not None and objective.needs_teacher:
+            self.teacher = teacher.to(self.device).eval().requires_grad_(False)
+            if self.memory_format is not None:
+                self.teacher = self.teacher.to(memory_format=self.memory_format)
+
+        self.objective = objective
+        self.student_taps = {n: resolve_feature(self.student, n) for n in objective.feature_requests("student")}
+        self.teacher_taps = ({n: resolve_feature(self.teacher, n) for n in objective.feature_requests("teacher")}
+                             if self.teacher is not None else {})
+        train_labels = getattr(data.train, "labels", None)
+        objective.setup(SetupContext(
+            num_classes=data.num_classes, num_train=len(data.train),
+            student_shapes=probe_shapes(self.student, self.student_taps, data.input_shape, self.device),
+            teacher_shapes=(probe_shapes(self.teacher, self.teacher_taps, data.input_shape, self.device)
+                            if self.teacher is not None else {}),
+            data=data, train_labels=train_labels))
+        self.objective.to(self.device)
+
+        t = cfg.train
+        self.train_loader = BatchLoader(data.train, t.batch_size, device=self.device, shuffle=True, seed=cfg.seed,
+                                        drop_last=t.drop_last, num_workers=cfg.data.num_workers,
+                                        on_device=cfg.data.on_device, dist=dist)
+        self.test_loader = BatchLoader(data.test, t.eval_batch_size, device=self.device, shuffle=False,
+                                       num_workers=cfg.data.num_workers, on_device=cfg.data.on_device)
+        self.optimizer = build_optimizer(list(self.student.parameters()) + list(self.objective.parameters()),
+                                         cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.epochs, len(self.train_loader))
+        self.epoch = 0  # completed epochs
+        self.best = {"top1": -1.0, "epoch": 0}
+        self.teacher_top1: float | None = None
+        self.logger = MetricsLogger(self.run_dir, tensorboard=t.tensorboard, enabled=dist.is_main)
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": self.epoch,
+            "config": self.cfg.model_dump(mode="json"),
+            "model": self.student.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "best": dict(self.best),
+            "teacher_top1": self.teacher_top1,
+            "history": self.logger.rows,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("this file is not a distillab training checkpoint (a bare model state dict cannot "
+                             "resume a run; load it as student.checkpoint instead)")
+        self.student.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.best = dict(state["best"])
+        self.teacher_top1 = state.get("teacher_top1")
+        self.logger.restore(state.get("history", []))
+
+    def save_checkpoint(self) -> None:
+        if self.run_dir is not None:
+            save_atomic(self.state_dict(), self.run_dir / "checkpoints" / "last.pt")
+
+    def resume(self, path: Path) -> None:
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        self.report(f"resumed from {path} after epoch {self.epoch}")
+
+    # ------------------------------------------------------------------ loop
+
+    def _autocast(self):
+        if not self.cfg.train.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
+
+    def train_epoch(self, epoch: int, progress: Callable[[int, EpochState], None] | None = None) -> EpochState:
+        self.student.train()
+        self.objective.train()
+        self.train_loader.set_epoch(epoch)
+        aug_gen = epoch_generator(self.cfg.seed, epoch, 1, self.device)
+        state = EpochState()
+        with FeatureTaps(self.student, self.student_taps) as s_taps, \
+                FeatureTaps(self.teacher, self.teacher_taps) if self.teacher is not None else contextlib.nullcontext() as t_taps:
+            for step, (x, y, idx) in enumerate(self.train_loader, start=1):
+                x = self._prepare(self.data.train_transform(x, aug_gen) if self.cfg.data.augment
+                                  else self.data.test_transform(x))
+                with self._autocast():
+                    teacher_out = None
+                    if self.teacher is not None:
+                        with torch.no_grad():
+                            t_logits = self.teacher(x)
+                            teacher_out = ModelOutputs(t_logits, t_taps.pop())
+                    s_logits = self.student(x)
+                    batch = Batch(x, y, idx, ModelOutputs(s_logits, s_taps.pop()), teacher_out, epoch)
+                    total, logs = self.objective(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                state.add(len(y), (s_logits.detach().argmax(1) == y).sum(), total, logs)
+                if progress is not None:
+                    progress(step, state)
+        bad = state.non_finite()
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite loss in epoch {epoch} (terms: {', '.join(bad)}): lower optim.lr, check the loss "
+                "weights, or turn off train.bf16; the last good checkpoint is kept in the run folder")
+        return state
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
+        model = model or self.student
+        was_training = model.training
+        model.eval()
+        correct = torch.zeros((), device=self.device)
+        loss = torch.zeros((), device=self.device)
+        n = 0
+        for x, y, _ in self.test_loader:
+            x = self._prepare(self.data.test_transform(x))
+            with self._autocast():
+                logits = model(x).float()
+            loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+            n += len(y)
+        model.train(was_training)
+        return {"test/loss": float(loss) / max(n, 1), "test/top1": 100.0 * float(correct) / max(n, 1)}
+
+    def fit(self, progress_factory: Callable | None = None) -> dict:
+        """Train from ``self.epoch + 1`` to the last epoch; return the summary."""
+        t = self.cfg.train
+        if self.teacher is not None and self.teacher_top1 is None:
+            self.teacher_top1 = self.evaluate(self.teacher)["test/top1"]
+            self.report(f"teacher top-1 on the test set: {self.teacher_top1:.2f}")
+        steps = len(self.train_loader)
+        start = time.perf_counter()
+        with (progress_factory(t.epochs, steps) if progress_factory else contextlib.nullcontext()) as bar:
+            if bar is not None:
+                bar.advance_epochs(self.epoch)
+            while self.epoch < t.epochs:
+                epoch = self.epoch + 1
+                self.objective.on_epoch_start(epoch)
+                lr = self.optimizer.param_groups[0]["lr"]
+                tic = time.perf_counter()
+                state = self.train_epoch(epoch, bar.step_callback(epoch) if bar is not None else None)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                elapsed = time.perf_counter() - tic
+                row = {"epoch": epoch, "lr": lr, **state.means(),
+                       "time/epoch_s": elapsed, "throughput/images_per_s": state.samples / max(elapsed, 1e-9)}
+                if epoch % t.eval_every == 0 or epoch == t.epochs:
+                    row.update(self.evaluate())
+                    if row["test/top1"] > self.best["top1"]:
+                        self.best = {"top1": row["test/top1"], "epoch": epoch}
+                self.epoch = epoch
+                self.logger.log(row)
+                if bar is not None:
+                    bar.end_epoch(epoch, row)
+                if epoch % t.checkpoint_every == 0 or epoch == t.epochs:
+                    self.save_checkpoint()
+        self.logger.close()
+        return self.summary(time.perf_counter() - start)
+
+    def summary(self, wall_s: float) -> dict:
+        rows = self.logger.rows
+        last = rows[-1] if rows else {}
+        return {
+            "test_top1": last.get("test/top1"),
+            "reported": "last epoch",
+            "best_top1": self.best["top1"],
+            "best_epoch": self.best["epoch"],
+            "teacher_top1": self.teacher_top1,
+            "epochs": self.epoch,
+            "wall_s_this_session": wall_s,
+            "train_time_s": sum(r.get("time/epoch_s", 0.0) for r in rows),
+            "images_per_s": (sum(r.get("throughput/images_per_s", 0.0) for r in rows) / len(rows)) if rows else None,
+            "device": str(self.device),
+        }

@@ -1,0 +1,92 @@
+"""Small models for small data: MNIST-1D signals (1, 40) and scikit-learn digits (1, 8, 8).
+
+Every hidden stage ends in a parameter-free ReLU module (``act``), so ``<stage>.act:input`` is its
+pre-activation. A flat (MLP) feature counts as fully reduced: its stride is the whole input length.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from distillab.models.base import MODELS, FeatureStage, ZooModel, init_conv_bn
+from distillab.models.layers import ConvBNAct
+
+
+class SmallCNN(ZooModel):
+    """A stack of conv-BN-ReLU stages (1-D or 2-D), global average pool, linear classifier."""
+
+    def __init__(self, num_classes: int, in_channels: int, input_size: int, widths: Sequence[int],
+                 strides: Sequence[int], kernel_sizes: Sequence[int], dims: int) -> None:
+        super().__init__()
+        stages, total, self.feature_info = [], 1, []
+        for i, (w, s, k) in enumerate(zip(widths, strides, kernel_sizes, strict=True)):
+            stages.append(ConvBNAct(widths[i - 1] if i else in_channels, w, k, s, dims=dims))
+            total *= s
+            self.feature_info.append(FeatureStage(f"stages.{i}", w, total, preact=f"stages.{i}.act:input"))
+        self.stages = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[-1], num_classes)
+        init_conv_bn(self)
+
+        self.num_classes = num_classes
+        self.input_shape = (in_channels,) + (input_size,) * dims
+        self.embedding_dim = widths[-1]
+        self.head = "fc"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.stages(x)), 1))
+
+
+class LinearBNAct(nn.Module):
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+        self.bn = nn.BatchNorm1d(out_features)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.linear(x)))
+
+
+class MLP(ZooModel):
+    """Flatten, hidden linear-BN-ReLU layers, linear classifier."""
+
+    def __init__(self, num_classes: int, in_channels: int, length: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        sizes = [in_channels * length, *hidden]
+        self.hidden = nn.Sequential(*(LinearBNAct(a, b) for a, b in zip(sizes[:-1], sizes[1:])))
+        self.fc = nn.Linear(sizes[-1], num_classes)
+        init_conv_bn(self)
+
+        self.num_classes = num_classes
+        self.input_shape = (in_channels, length)
+        self.embedding_dim = sizes[-1]
+        self.head = "fc"
+        self.feature_info = [FeatureStage(f"hidden.{i}", h, length, preact=f"hidden.{i}.act:input")
+                             for i, h in enumerate(hidden)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.hidden(torch.flatten(x, 1)))
+
+
+@MODELS.register("cnn1d", description="1-D CNN for MNIST-1D: three stride-2 conv-BN-ReLU stages, global pool")
+def cnn1d(num_classes: int, in_channels: int = 1, length: int = 40, width: int = 32) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels, length, [width, width, 2 * width], [2, 2, 2], [5, 3, 3], dims=1)
+
+
+@MODELS.register("cnn1d_small", description="weak 1-D CNN student for MNIST-1D: two narrow stride-2 stages")
+def cnn1d_small(num_classes: int, in_channels: int = 1, length: int = 40, width: int = 8) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels, length, [width, width], [2, 2], [5, 3], dims=1)
+
+
+@MODELS.register("mlp1d", description="MLP on the flattened MNIST-1D signal")
+def mlp1d(num_classes: int, in_channels: int = 1, length: int = 40, hidden: Sequence[int] = (128, 128)) -> MLP:
+    return MLP(num_classes, in_channels, length, hidden)
+
+
+@MODELS.register("cnn_digits", description="2-D CNN for 8x8 scikit-learn digits: three conv-BN-ReLU stages")
+def cnn_digits(num_classes: int, in_channels: int = 1, size: int = 8, width: int = 16) -> SmallCNN:
+    return SmallCNN(num_classes, in_channels, size, [width, 2 * width, 4 * width], [1, 2, 2], [3, 3, 3], dims=2)

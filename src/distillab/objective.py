@@ -1,0 +1,109 @@
+"""The distillation objective: a weighted sum of named loss terms, built from a method preset."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from distillab.config import ConfigError, MethodConfig
+from distillab.losses import LOSSES, Batch, LossTerm, SetupContext
+from distillab.methods import METHODS
+from distillab.registry import RegistryError, close_matches
+
+
+class Objective(nn.Module):
+    """Weighted sum of terms. ``forward`` returns the total and every term (and part) for logging."""
+
+    def __init__(self, terms: dict[str, LossTerm], weights: dict[str, float]) -> None:
+        super().__init__()
+        self.terms = nn.ModuleDict(terms)
+        self.weights = dict(weights)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.needs_teacher for t in self.terms.values())
+
+    def feature_requests(self, side: str) -> list[str]:
+        attr = "student_features" if side == "student" else "teacher_features"
+        names: list[str] = []
+        for term in self.terms.values():
+            names += [n for n in getattr(term, attr) if n not in names]
+        return names
+
+    def setup(self, ctx: SetupContext) -> None:
+        for term in self.terms.values():
+            term.setup(ctx)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        for term in self.terms.values():
+            term.on_epoch_start(epoch)
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total = None
+        logs: dict[str, torch.Tensor] = {}
+        for name, term in self.terms.items():
+            out = term(batch)
+            if isinstance(out, dict):
+                for part, value in out.items():
+                    logs[f"{name}.{part}"] = value.detach()
+                value = sum(out.values())
+            else:
+                value = out
+            logs[name] = value.detach()
+            weighted = self.weights[name] * value
+            total = weighted if total is None else total + weighted
+        if total is None:
+            raise ValueError("the objective has no term with a non-zero weight")
+        return total, logs
+
+
+def _build_term(term: str, loss: str, params: dict) -> LossTerm:
+    try:
+        cls = LOSSES.get(loss)
+    except RegistryError as exc:
+        raise ConfigError(f"method term {term!r}: {exc}") from None
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for key in params:
+        if key not in valid:
+            matches = close_matches(key, valid)
+            hint = f"did you mean {matches[0]!r}?" if matches else f"valid options: {', '.join(valid) or 'none'}"
+            raise ConfigError(f"unknown option method.params.{term}.{key} for loss {loss!r}: {hint}")
+    try:
+        return cls(**params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"method.params.{term}: {exc}") from None
+
+
+def build_objective(cfg: MethodConfig) -> Objective:
+    """Resolve ``cfg.name`` to its preset, apply weight/param overrides, drop zero-weight terms.
+
+    A weight for a name that is not in the preset adds that loss term (``method.weights.kd=1`` turns
+    a method into method+KD).
+    """
+    try:
+        spec = METHODS.get(cfg.name)
+    except RegistryError as exc:
+        raise ConfigError(f"method.name: {exc}") from None
+    plan = {t: (s.loss, s.weight, dict(s.params)) for t, s in spec.terms.items()}
+    for term, weight in cfg.weights.items():
+        if term in plan:
+            loss, _, params = plan[term]
+            plan[term] = (loss, weight, params)
+        elif term in LOSSES:
+            plan[term] = (term, weight, {})
+        else:
+            known = list(plan) + LOSSES.names()
+            matches = close_matches(term, known)
+            hint = f"did you mean {matches[0]!r}?" if matches else f"terms of {cfg.name!r}: {', '.join(plan)}"
+            raise ConfigError(f"method.weights: unknown term {term!r}: {hint}")
+    for term, params in cfg.params.items():
+        if term not in plan:
+            matches = close_matches(term, list(plan))
+            hint = f"did you mean {matches[0]!r}?" if matches else f"terms of {cfg.name!r}: {', '.join(plan)}"
+            raise ConfigError(f"method.params: {term!r} is not a term of this objective: {hint}")
+        plan[term][2].update(params)
+    terms = {t: _build_term(t, loss, params) for t, (loss, w, params) in plan.items() if w != 0}
+    weights = {t: w for t, (_, w, _) in plan.items() if w != 0}
+    return Objective(terms, weights)

@@ -1,0 +1,182 @@
+"""From a validated config to a finished run folder: build data, models, teacher and objective; train."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+import distillab
+from distillab.config import ConfigError, ModelConfig, RunConfig, load_config, to_yaml
+from distillab.data import DataBundle, build_dataset
+from distillab.engine.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from distillab.engine.dist import DistInfo
+from distillab.engine.progress import TrainingProgress
+from distillab.engine.rundir import create_run_dir, write_json_atomic
+from distillab.engine.trainer import Trainer, resolve_device, seed_everything
+from distillab.models import MODELS, create_model, load_state_dict_compat
+from distillab.objective import build_objective
+from distillab.registry import RegistryError
+from distillab.store import TeacherStore
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """A config path as given, or else relative to the configs shipped with distillab."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for candidate in (PACKAGED_CONFIGS / p, PACKAGED_CONFIGS / Path(*p.parts[1:]) if p.parts[:1] == ("configs",) else None):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    raise ConfigError(f"config file {str(path)!r} does not exist (also looked in {PACKAGED_CONFIGS})")
+
+
+def build_data(cfg: RunConfig) -> DataBundle:
+    d = cfg.data
+    return build_dataset(d.name, root=d.root, download=d.download, **d.options)
+
+
+def _head_rows(state: dict, model: nn.Module) -> tuple[int, int] | None:
+    """(rows in the checkpoint's classifier, rows in the model's) when they differ."""
+    head = getattr(model, "head", None)
+    if head is None:
+        return None
+    for key in (f"{head}.weight", f"{head}.0.weight"):
+        if key in state and key in model.state_dict():
+            got, want = state[key].shape[0], model.state_dict()[key].shape[0]
+            return (got, want) if got != want else None
+    return None
+
+
+def build_model(mcfg: ModelConfig, data: DataBundle, role: str) -> nn.Module:
+    """Create a registered model for ``data`` and load its checkpoint, if any, strictly."""
+    try:
+        model = create_model(mcfg.arch, num_classes=data.num_classes, **mcfg.options)
+    except RegistryError as exc:
+        raise ConfigError(f"{role}.arch: {exc}") from None
+    except TypeError as exc:
+        raise ConfigError(f"{role}.options: {exc}") from None
+    if mcfg.checkpoint:
+        state = load_checkpoint(mcfg.checkpoint)
+        inner = state.get("model", state.get("state_dict", state.get("net", state)))
+        inner = {k.removeprefix("module."): v for k, v in inner.items()} if isinstance(inner, dict) else inner
+        mismatch = _head_rows(inner, model) if isinstance(inner, dict) else None
+        if mismatch:
+            raise ConfigError(
+                f"{role} checkpoint {mcfg.checkpoint!r} has {mismatch[0]} output classes but data set "
+                f"{data.name!r} has {mismatch[1]}: use a {role} trained on {data.name}")
+        try:
+            load_state_dict_compat(model, state, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"{role} checkpoint {mcfg.checkpoint!r} does not fit architecture {mcfg.arch!r}: {exc}") from None
+    return model
+
+
+def resolve_teacher(cfg: RunConfig, data: DataBundle, store: TeacherStore) -> nn.Module | None:
+    """The teacher by checkpoint path, or by its training config in the store."""
+    t = cfg.teacher
+    if t is None:
+        return None
+    if t.checkpoint is None and t.config is None:
+        raise ConfigError("teacher: give `checkpoint` (a file) or `config` (a train-teacher YAML found in the store)")
+    if t.checkpoint is not None:
+        arch = t.arch or load_checkpoint(t.checkpoint).get("arch")
+        if arch is None and t.config is not None:
+            arch = load_config(find_config(t.config)).student.arch
+        if arch is None:
+            raise ConfigError(f"teacher.arch is not set and checkpoint {t.checkpoint!r} does not name its "
+                              "architecture: set teacher.arch")
+        return build_model(ModelConfig(arch=arch, options=t.options, checkpoint=t.checkpoint), data, "teacher")
+    tcfg = load_config(find_config(t.config), t.overrides)
+    if tcfg.data.name != cfg.data.name:
+        raise ConfigError(f"teacher config {t.config!r} trains on {tcfg.data.name!r} but this run uses "
+                          f"{cfg.data.name!r}")
+    found = store.find(tcfg)
+    if found is None:
+        command = " ".join(["distillab train-teacher", t.config, *t.overrides])
+        raise ConfigError(f"no teacher trained with {t.config!r} in the store {store.root}: run "
+                          f"`{command}` first, or set teacher.checkpoint")
+    return build_model(ModelConfig(arch=tcfg.student.arch, options=tcfg.student.options, checkpoint=str(found)),
+                       data, "teacher")
+
+
+def default_name(cfg: RunConfig) -> str:
+    return f"{cfg.method.name}-{cfg.student.arch}-{cfg.data.name}-s{cfg.seed}"
+
+
+def versions() -> dict:
+    return {"distillab": distillab.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: bool | None = None,
+        report: Callable[[str], None] | None = None, label: str = "train") -> tuple[dict, Path]:
+    """Train one run to the end; return (summary, run folder). ``resume`` is an existing run folder."""
+    dist = DistInfo.from_env()
+    report = report or (lambda msg: console.print(msg) if console is not None else None)
+    seed_everything(cfg.seed)
+    data = build_data(cfg)
+    store = TeacherStore(cfg.store)
+    teacher = resolve_teacher(cfg, data, store)
+    objective = build_objective(cfg.method)
+    if objective.needs_teacher and teacher is None:
+        raise ConfigError(f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint or teacher.config")
+    student = build_model(cfg.student, data, "student")
+    device = resolve_device(cfg.train.device)
+
+    if resume is not None:
+        run_dir = Path(resume)
+        ckpt = run_dir / "checkpoints" / "last.pt"
+        if not ckpt.is_file():
+            raise CheckpointError(f"cannot resume {run_dir}: it holds no checkpoints/last.pt")
+    else:
+        run_dir = create_run_dir(cfg.out_dir, cfg.name or default_name(cfg)) if dist.is_main else None
+    if run_dir is not None and dist.is_main:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        report(f"run folder: {run_dir}")
+
+    trainer = Trainer(cfg, student=student, objective=objective, data=data, teacher=teacher, run_dir=run_dir,
+                      device=device, dist=dist, reporter=report)
+    if resume is not None:
+        trainer.resume(run_dir / "checkpoints" / "last.pt")
+    show = cfg.train.progress if progress is None else progress
+    factory = (lambda e, s: TrainingProgress(e, s, label=label, console=console)) if show and dist.is_main else None
+    summary = trainer.fit(factory)
+    summary.update({"run": str(run_dir), "method": cfg.method.name, "student": cfg.student.arch,
+                    "teacher": _teacher_name(cfg), "data": cfg.data.name, "seed": cfg.seed,
+                    "student_params": sum(p.numel() for p in student.parameters()), "versions": versions()})
+    if dist.is_main and run_dir is not None:
+        save_atomic({"model": trainer.student.state_dict(), "arch": cfg.student.arch, "options": cfg.student.options,
+                     "num_classes": data.num_classes, "data": cfg.data.name, "test_top1": summary["test_top1"],
+                     "config": cfg.model_dump(mode="json")}, run_dir / "model.pt")
+        write_json_atomic(run_dir / "summary.json", summary)
+    return summary, run_dir
+
+
+def _teacher_name(cfg: RunConfig) -> str | None:
+    if cfg.teacher is None:
+        return None
+    if cfg.teacher.arch:
+        return cfg.teacher.arch
+    if cfg.teacher.config:
+        try:
+            return load_config(find_config(cfg.teacher.config)).student.arch
+        except ConfigError:
+            return None
+    return None
+
+
+def load_run_config(run_dir: Path, overrides: list[str]) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no config.yaml)")
+    return load_config(path, overrides)
+
+
+def known_models() -> list[str]:
+    return MODELS.names()

@@ -1,0 +1,20 @@
+"""Shared fixtures: every test gets its own data cache, teacher store and run folder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DISTILLAB_DATA", str(tmp_path / "data"))
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    return tmp_path
+
+
+def tiny_overrides(out_dir, epochs: int = 1, samples: int = 300) -> list[str]:
+    """A seconds-long MNIST-1D run: few samples, no progress bar, no TensorBoard."""
+    return [f"out_dir={out_dir}", f"train.epochs={epochs}", f"data.options.num_samples={samples}",
+            "train.progress=false", "train.tensorboard=false", "train.device=cpu"]
