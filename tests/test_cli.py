@@ -50,7 +50,7 @@ def test_train_teacher_then_distill_then_eval(tmp_path):
     assert code == 0 and "stored teacher" in out, out
     code, out = invoke("distill", "configs/mnist1d/kd.yaml", *over, f"teacher.overrides={json.dumps(over)}")
     assert code == 0 and "done" in out, out
-    run_dir = tmp_path / "runs" / "kd-mlp1d-mnist1d-s0"
+    run_dir = tmp_path / "runs" / "kd-cnn1d_small-mnist1d-s0"
     assert (run_dir / "model.pt").is_file()
     code, out = invoke("eval", run_dir)
     assert code == 0 and "top-1" in out, out
@@ -85,3 +85,10 @@ def test_missing_cifar_archive_is_a_clear_error(tmp_path):
     code, out = invoke("distill", "configs/cifar100/student_resnet8x4.yaml", f"data.root={tmp_path}",
                        "train.epochs=1", f"out_dir={tmp_path / 'runs'}")
     assert code == 2 and "download" in out and "Traceback" not in out
+
+
+def test_progress_bar_and_digits_config(tmp_path):
+    code, out = invoke("train-teacher", "configs/digits/teacher_cnn_digits.yaml", "train.epochs=2",
+                       f"out_dir={tmp_path / 'runs'}", "train.tensorboard=false", "--no-store")
+    assert code == 0, out
+    assert "teacher epochs" in out and "img/s" in out and "stored teacher" not in out

@@ -130,3 +130,16 @@ def test_lr_schedules():
     assert lr_factor(cos, 0, 10) == 1.0 and lr_factor(cos, 5, 10) == pytest.approx(0.5)
     warm = cfg.model_copy(update={"warmup_epochs": 2})
     assert lr_factor(warm, 0, 240) == pytest.approx(0.01) and lr_factor(warm, 1, 240) == pytest.approx(0.505)
+
+
+def test_wandb_without_package_is_a_clear_error(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import wandb  # noqa: F401
+        pytest.skip("wandb is installed")
+    except ImportError:
+        pass
+    from distillab.engine.logger import MetricsLogger
+
+    with pytest.raises(RuntimeError, match=r"pip install 'distillab\[wandb\]'"):
+        MetricsLogger(tmp_path, wandb_project="p")

@@ -77,6 +77,7 @@ class TrainConfig(Section):
     eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
     progress: bool = True  # rich progress bar
     tensorboard: bool = True  # also log to TensorBoard when it is installed
+    wandb_project: str | None = None  # also log to this Weights & Biases project (needs the wandb extra)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     drop_last: bool = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import Callable
@@ -120,10 +121,15 @@ def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: b
     dist = DistInfo.from_env()
     report = report or (lambda msg: console.print(msg) if console is not None else None)
     seed_everything(cfg.seed)
+    if cfg.train.deterministic:
+        # process-wide switches: deterministic kernels (and cuBLAS workspace) for bit-reproducible GPU runs
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     data = build_data(cfg)
-    store = TeacherStore(cfg.store)
-    teacher = resolve_teacher(cfg, data, store)
     objective = build_objective(cfg.method)
+    # a labels-only objective never loads a teacher, even when the config names one
+    teacher = resolve_teacher(cfg, data, TeacherStore(cfg.store)) if objective.needs_teacher else None
     if objective.needs_teacher and teacher is None:
         raise ConfigError(f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint or teacher.config")
     student = build_model(cfg.student, data, "student")

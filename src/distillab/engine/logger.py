@@ -9,11 +9,20 @@ from pathlib import Path
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path | None, tensorboard: bool = True, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path | None, tensorboard: bool = True, enabled: bool = True,
+                 wandb_project: str | None = None, config: dict | None = None) -> None:
         self.enabled = enabled and run_dir is not None
         self.path = run_dir / "metrics.csv" if run_dir is not None else None
         self.rows: list[dict[str, float]] = []
         self._tb = None
+        self._wandb = None
+        if self.enabled and wandb_project:
+            try:
+                import wandb
+            except ImportError:
+                raise RuntimeError("train.wandb_project is set but wandb is not installed: "
+                                   "pip install 'distillab[wandb]'") from None
+            self._wandb = wandb.init(project=wandb_project, name=run_dir.name, dir=str(run_dir), config=config)
         if self.enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -38,6 +47,8 @@ class MetricsLogger:
                 if key != "epoch" and value == value:  # skip NaN placeholders
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
 
     def _write(self) -> None:
         if not self.enabled:
@@ -56,3 +67,5 @@ class MetricsLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

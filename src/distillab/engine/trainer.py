@@ -149,7 +149,8 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.best = {"top1": -1.0, "epoch": 0}
         self.teacher_top1: float | None = None
-        self.logger = MetricsLogger(self.run_dir, tensorboard=t.tensorboard, enabled=dist.is_main)
+        self.logger = MetricsLogger(self.run_dir, tensorboard=t.tensorboard, enabled=dist.is_main,
+                                    wandb_project=t.wandb_project, config=cfg.model_dump(mode="json"))
 
     # ------------------------------------------------------------------ state
 
