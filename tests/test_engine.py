@@ -143,3 +143,26 @@ def test_wandb_without_package_is_a_clear_error(tmp_path):
 
     with pytest.raises(RuntimeError, match=r"pip install 'distillab\[wandb\]'"):
         MetricsLogger(tmp_path, wandb_project="p")
+
+
+def test_teacher_is_frozen_and_loss_parameters_train(tmp_path):
+    from distillab.config import MethodConfig
+    from distillab.data import build_dataset
+    from distillab.models import create_model
+    from distillab.objective import build_objective
+
+    cfg = load_config(None, ["student.arch=cnn1d_small", "teacher.arch=cnn1d", "method.name=kd",
+                             "train.device=cpu", "train.batch_size=50", "train.tensorboard=false"])
+    data = build_dataset("mnist1d", num_samples=200)
+    teacher = create_model("cnn1d", num_classes=10)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    objective = build_objective(MethodConfig(name="kd"))
+    trainer = Trainer(cfg, student=create_model("cnn1d_small", num_classes=10), teacher=teacher,
+                      objective=objective, data=data)
+    student_before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    trainer.train_epoch(1)
+    assert not trainer.teacher.training
+    assert all(not p.requires_grad for p in trainer.teacher.parameters())
+    for k, v in trainer.teacher.state_dict().items():
+        assert torch.equal(v, before[k]), k  # weights and BN running statistics untouched
+    assert any(not torch.equal(v, student_before[k]) for k, v in trainer.student.state_dict().items())
