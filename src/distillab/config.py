@@ -50,6 +50,7 @@ class MethodConfig(Section):
     name: str = "ce"  # registered method (`distillab list methods`)
     weights: dict[str, float] = Field(default_factory=dict)  # override a term's weight, e.g. {kd: 0.9}
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-term options, e.g. {kd: {temperature: 4}}
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-stage epochs/lr, e.g. {init: {epochs: 5}}
 
 
 class OptimConfig(Section):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from distillab.registry import Registry
 
@@ -18,17 +18,43 @@ class TermSpec:
 
 
 @dataclass(frozen=True)
+class StageSpec:
+    """A training stage run before the main one (RepDistiller's ``init`` stage: FSP, AB, FT, FitNet's hint stage).
+
+    weights: term -> weight during the stage (terms not named are off).
+    train: what the stage's optimiser updates: ``"student"`` (all of it), ``"student_body"`` (all but the
+        classifier head, RepDistiller's ``get_feat_modules``), a term name, or ``"term.submodule"``.
+    lr: constant learning rate of the stage (None: ``optim.lr``); same optimiser type as the main stage.
+    student_mode: ``"eval"`` keeps the student's BatchNorm statistics frozen, as RepDistiller's init does.
+    """
+
+    name: str
+    epochs: int
+    weights: dict[str, float]
+    train: tuple[str, ...] = ("student",)
+    lr: float | None = None
+    student_mode: Literal["train", "eval"] = "train"
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     name: str
     description: str
     terms: dict[str, TermSpec]
     reference: str = ""  # paper and the code whose defaults the preset matches
+    stages: tuple[StageSpec, ...] = ()
 
 
-def register_method(name: str, description: str, terms: dict[str, tuple], reference: str = "") -> MethodSpec:
-    """Register a preset. ``terms`` maps a term name to ``(loss, weight)`` or ``(loss, weight, params)``."""
+def register_method(name: str, description: str, terms: dict[str, tuple], reference: str = "",
+                    stages: tuple[StageSpec, ...] = ()) -> MethodSpec:
+    """Register a preset. ``terms`` maps a term name to ``(loss, weight)`` or ``(loss, weight, params)``;
+    a term used only in a stage has weight 0 here."""
     specs = {t: TermSpec(*v) for t, v in terms.items()}
-    spec = MethodSpec(name, description, specs, reference)
+    for stage in stages:
+        unknown = set(stage.weights) - set(specs)
+        if unknown:
+            raise ValueError(f"method {name!r}, stage {stage.name!r}: weights for unknown terms {sorted(unknown)}")
+    spec = MethodSpec(name, description, specs, reference, tuple(stages))
     METHODS.register(name, description=description)(spec)
     return spec
 

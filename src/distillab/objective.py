@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import torch
@@ -9,17 +10,36 @@ from torch import nn
 
 from distillab.config import ConfigError, MethodConfig
 from distillab.losses import LOSSES, Batch, LossTerm, SetupContext
-from distillab.methods import METHODS
+from distillab.methods import METHODS, StageSpec
 from distillab.registry import RegistryError, close_matches
 
 
 class Objective(nn.Module):
-    """Weighted sum of terms. ``forward`` returns the total and every term (and part) for logging."""
+    """Weighted sum of terms. ``forward`` returns the total and every term (and part) for logging.
 
-    def __init__(self, terms: dict[str, LossTerm], weights: dict[str, float]) -> None:
+    ``stages`` are the method's pre-training stages (with config overrides applied); ``use_stage``
+    switches which weights are active. Terms with a zero active weight are not evaluated.
+    """
+
+    def __init__(self, terms: dict[str, LossTerm], weights: dict[str, float],
+                 stages: tuple[StageSpec, ...] = ()) -> None:
         super().__init__()
         self.terms = nn.ModuleDict(terms)
-        self.weights = dict(weights)
+        self.main_weights = {t: w for t, w in weights.items() if w != 0}
+        self.stages = tuple(stages)
+        self.stage: str | None = None
+        self.weights = self.main_weights
+
+    def use_stage(self, name: str | None) -> None:
+        """Activate a pre-training stage's weights (None: the main stage)."""
+        if name is None:
+            self.weights = self.main_weights
+        else:
+            stage = next((s for s in self.stages if s.name == name), None)
+            if stage is None:
+                raise KeyError(f"no stage {name!r}; stages: {[s.name for s in self.stages]}")
+            self.weights = {t: w for t, w in stage.weights.items() if w != 0}
+        self.stage = name
 
     @property
     def needs_teacher(self) -> bool:
@@ -43,8 +63,8 @@ class Objective(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = None
         logs: dict[str, torch.Tensor] = {}
-        for name, term in self.terms.items():
-            out = term(batch)
+        for name, weight in self.weights.items():
+            out = self.terms[name](batch)
             if isinstance(out, dict):
                 for part, value in out.items():
                     logs[f"{name}.{part}"] = value.detach()
@@ -52,7 +72,7 @@ class Objective(nn.Module):
             else:
                 value = out
             logs[name] = value.detach()
-            weighted = self.weights[name] * value
+            weighted = weight * value
             total = weighted if total is None else total + weighted
         if total is None:
             raise ValueError("the objective has no term with a non-zero weight")
@@ -104,6 +124,23 @@ def build_objective(cfg: MethodConfig) -> Objective:
             hint = f"did you mean {matches[0]!r}?" if matches else f"terms of {cfg.name!r}: {', '.join(plan)}"
             raise ConfigError(f"method.params: {term!r} is not a term of this objective: {hint}")
         plan[term][2].update(params)
-    terms = {t: _build_term(t, loss, params) for t, (loss, w, params) in plan.items() if w != 0}
+    stages = _apply_stage_overrides(spec.stages, cfg.stages, cfg.name)
+    used = {t for t, (_, w, _) in plan.items() if w != 0} | {t for s in stages for t, w in s.weights.items() if w}
+    terms = {t: _build_term(t, loss, params) for t, (loss, _, params) in plan.items() if t in used}
     weights = {t: w for t, (_, w, _) in plan.items() if w != 0}
-    return Objective(terms, weights)
+    return Objective(terms, weights, stages)
+
+
+def _apply_stage_overrides(stages: tuple[StageSpec, ...], overrides: dict[str, dict], method: str) -> tuple:
+    """``method.stages.<name>.epochs`` / ``.lr`` replace a stage's defaults; epochs 0 skips the stage."""
+    by_name = {s.name: s for s in stages}
+    for name, fields in overrides.items():
+        if name not in by_name:
+            matches = close_matches(name, list(by_name))
+            hint = f"did you mean {matches[0]!r}?" if matches else f"stages of {method!r}: {list(by_name) or 'none'}"
+            raise ConfigError(f"method.stages: {name!r} is not a stage of this method: {hint}")
+        bad = set(fields) - {"epochs", "lr"}
+        if bad:
+            raise ConfigError(f"method.stages.{name}: only 'epochs' and 'lr' can be set, not {sorted(bad)}")
+        by_name[name] = dataclasses.replace(by_name[name], **fields)
+    return tuple(s for s in by_name.values() if s.epochs > 0)

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-
-def read_metrics(path: str | Path) -> list[dict[str, float]]:
-    with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+from distillab.engine.logger import read_metrics
 
 
 def plot_learning_curves(runs: dict[str, str | Path], out_path: str | Path, title: str = "") -> Path:

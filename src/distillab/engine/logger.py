@@ -8,6 +8,12 @@ import os
 from pathlib import Path
 
 
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a ``metrics.csv`` as floats (empty cells left out)."""
+    with open(path, newline="") as fh:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(fh)]
+
+
 class MetricsLogger:
     def __init__(self, run_dir: Path | None, tensorboard: bool = True, enabled: bool = True,
                  wandb_project: str | None = None, config: dict | None = None) -> None:

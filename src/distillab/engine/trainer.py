@@ -24,10 +24,11 @@ from distillab.data.base import DataBundle
 from distillab.engine.checkpoint import load_checkpoint, save_atomic
 from distillab.engine.dist import DistInfo
 from distillab.engine.loader import BatchLoader, epoch_generator
-from distillab.engine.logger import MetricsLogger
+from distillab.engine.logger import MetricsLogger, read_metrics
 from distillab.engine.schedule import build_optimizer, build_scheduler
 from distillab.features import FeatureTaps, probe_shapes, resolve_feature
 from distillab.losses import Batch, ModelOutputs, SetupContext
+from distillab.methods import StageSpec
 from distillab.objective import Objective
 
 CHECKPOINT_FORMAT = "distillab-checkpoint-v1"
@@ -134,7 +135,7 @@ class Trainer:
             student_shapes=probe_shapes(self.student, self.student_taps, data.input_shape, self.device),
             teacher_shapes=(probe_shapes(self.teacher, self.teacher_taps, data.input_shape, self.device)
                             if self.teacher is not None else {}),
-            data=data, train_labels=train_labels))
+            data=data, train_labels=train_labels, student=self.student, teacher=self.teacher))
         self.objective.to(self.device)
 
         t = cfg.train
@@ -146,7 +147,9 @@ class Trainer:
         self.optimizer = build_optimizer(list(self.student.parameters()) + list(self.objective.parameters()),
                                          cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.epochs, len(self.train_loader))
-        self.epoch = 0  # completed epochs
+        self.epoch = 0  # completed epochs of the main stage
+        self.stage_done: dict[str, int] = {}  # completed epochs of each pre-training stage
+        self._stage_optimizer_state: dict | None = None  # for resuming inside a stage
         self.best = {"top1": -1.0, "epoch": 0}
         self.teacher_top1: float | None = None
         self.logger = MetricsLogger(self.run_dir, tensorboard=t.tensorboard, enabled=dist.is_main,
@@ -158,6 +161,8 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
+            "stage_done": dict(self.stage_done),
+            "stage_optimizer": self._stage_optimizer_state,
             "config": self.cfg.model_dump(mode="json"),
             "model": self.student.state_dict(),
             "objective": self.objective.state_dict(),
@@ -179,6 +184,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
+        self.stage_done = dict(state.get("stage_done", {}))
+        self._stage_optimizer_state = state.get("stage_optimizer")
         self.best = dict(state["best"])
         self.teacher_top1 = state.get("teacher_top1")
         self.logger.restore(state.get("history", []))
@@ -201,8 +208,14 @@ class Trainer:
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
 
-    def train_epoch(self, epoch: int, progress: Callable[[int, EpochState], None] | None = None) -> EpochState:
-        self.student.train()
+    def train_epoch(self, epoch: int, progress: Callable[[int, EpochState], None] | None = None, *,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler=None,
+                    student_mode: str = "train") -> EpochState:
+        """One pass over the training set. A pre-training stage passes its own optimiser (and no schedule)."""
+        if optimizer is None:
+            optimizer, scheduler = self.optimizer, self.scheduler
+        stage = self.objective.stage
+        self.student.train(student_mode == "train")
         self.objective.train()
         self.train_loader.set_epoch(epoch)
         aug_gen = epoch_generator(self.cfg.seed, epoch, 1, self.device)
@@ -219,21 +232,74 @@ class Trainer:
                             t_logits = self.teacher(x)
                             teacher_out = ModelOutputs(t_logits, t_taps.pop())
                     s_logits = self.student(x)
-                    batch = Batch(x, y, idx, ModelOutputs(s_logits, s_taps.pop()), teacher_out, epoch)
+                    batch = Batch(x, y, idx, ModelOutputs(s_logits, s_taps.pop()), teacher_out, epoch, stage)
                     total, logs = self.objective(batch)
-                self.optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=True)
                 total.backward()
-                self.optimizer.step()
-                self.scheduler.step()
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 state.add(len(y), (s_logits.detach().argmax(1) == y).sum(), total, logs)
                 if progress is not None:
                     progress(step, state)
         bad = state.non_finite()
         if bad:
+            where = f"stage {stage!r}, epoch {epoch}" if stage else f"epoch {epoch}"
             raise NonFiniteLossError(
-                f"non-finite loss in epoch {epoch} (terms: {', '.join(bad)}): lower optim.lr, check the loss "
+                f"non-finite loss in {where} (terms: {', '.join(bad)}): lower optim.lr, check the loss "
                 "weights, or turn off train.bf16; the last good checkpoint is kept in the run folder")
         return state
+
+    def stage_parameters(self, stage: StageSpec) -> list[nn.Parameter]:
+        """The parameters a stage trains (see :class:`~distillab.methods.StageSpec`)."""
+        params: list[nn.Parameter] = []
+        head = getattr(self.student, "head", None)
+        for what in stage.train:
+            if what == "student":
+                params += list(self.student.parameters())
+            elif what == "student_body":
+                params += [p for n, p in self.student.named_parameters()
+                           if head is None or not (n == head or n.startswith(head + "."))]
+            else:
+                term, _, sub = what.partition(".")
+                if term not in self.objective.terms:
+                    raise ValueError(f"stage {stage.name!r} trains {what!r}, which is not a term of the objective")
+                module = self.objective.terms[term]
+                params += list(module.get_submodule(sub).parameters() if sub else module.parameters())
+        unique = list({id(p): p for p in params}.values())
+        if not unique:
+            raise ValueError(f"stage {stage.name!r} has nothing to train ({stage.train})")
+        return unique
+
+    def run_stage(self, stage: StageSpec) -> None:
+        """Run a pre-training stage to its end (resuming inside it if a checkpoint stopped there)."""
+        done = self.stage_done.get(stage.name, 0)
+        if done >= stage.epochs:
+            return
+        cfg = self.cfg.optim.model_copy(update={"lr": stage.lr if stage.lr is not None else self.cfg.optim.lr})
+        optimizer = build_optimizer(self.stage_parameters(stage), cfg)
+        if done and self._stage_optimizer_state is not None:
+            optimizer.load_state_dict(self._stage_optimizer_state)
+        logger = None
+        if self.run_dir is not None:  # each stage logs into its own folder: stage_<name>/metrics.csv
+            (self.run_dir / f"stage_{stage.name}").mkdir(exist_ok=True)
+            logger = MetricsLogger(self.run_dir / f"stage_{stage.name}", tensorboard=False)
+            if done and logger.path.is_file():
+                logger.restore([r for r in read_metrics(logger.path) if r["epoch"] <= done])
+        self.objective.use_stage(stage.name)
+        try:
+            for epoch in range(done + 1, stage.epochs + 1):
+                tic = time.perf_counter()
+                state = self.train_epoch(epoch, optimizer=optimizer, student_mode=stage.student_mode)
+                row = {"epoch": epoch, **state.means(), "time/epoch_s": time.perf_counter() - tic}
+                if logger is not None:
+                    logger.log(row)
+                self.report(f"stage {stage.name} epoch {epoch}/{stage.epochs}: loss {row['train/loss']:.4f}")
+                self.stage_done[stage.name] = epoch
+                self._stage_optimizer_state = optimizer.state_dict() if epoch < stage.epochs else None
+                self.save_checkpoint()
+        finally:
+            self.objective.use_stage(None)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
@@ -261,6 +327,8 @@ class Trainer:
             self.report(f"teacher top-1 on the test set: {self.teacher_top1:.2f}")
         steps = len(self.train_loader)
         start = time.perf_counter()
+        for stage in self.objective.stages:
+            self.run_stage(stage)
         with (progress_factory(t.epochs, steps) if progress_factory else contextlib.nullcontext()) as bar:
             if bar is not None:
                 bar.advance_epochs(self.epoch)

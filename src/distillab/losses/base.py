@@ -43,6 +43,7 @@ class Batch:
     student: ModelOutputs
     teacher: ModelOutputs | None
     epoch: int
+    stage: str | None = None  # name of the pre-training stage running, None in the main stage
 
 
 @dataclass
@@ -55,6 +56,8 @@ class SetupContext:
     teacher_shapes: dict[str, torch.Size]
     data: "DataBundle | None" = None
     train_labels: torch.Tensor | None = None
+    student: nn.Module | None = None  # the models themselves, for terms that read their layers (OFD's BN margins)
+    teacher: nn.Module | None = None
 
 
 class LossTerm(nn.Module):
