@@ -59,14 +59,5 @@ def register_method(name: str, description: str, terms: dict[str, tuple], refere
     return spec
 
 
-register_method(
-    "ce",
-    "labels only: cross-entropy training of a teacher or of the student baseline",
-    {"ce": ("ce", 1.0)},
-)
-register_method(
-    "kd",
-    "Hinton KD: 0.1 CE + 0.9 KL at T = 4 (RepDistiller's CIFAR-100 preset)",
-    {"ce": ("ce", 0.1), "kd": ("kd", 0.9, {"temperature": 4.0})},
-    reference="Hinton et al. 2015; RepDistiller train_student.py -r 0.1 -a 0.9 --kd_T 4",
-)
+# Presets live beside their loss terms (losses/<family>.py); importing the loss package registers them all.
+import distillab.losses  # noqa: E402,F401

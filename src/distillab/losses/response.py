@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from distillab.losses.base import LOSSES, Batch, LossTerm
+from distillab.methods import register_method
 
 
 @LOSSES.register("ce", description="cross-entropy on the labels (optionally label-smoothed)")
@@ -54,3 +55,16 @@ class KD(LossTerm):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return kd_loss(batch.student.logits, batch.teacher.logits, self.temperature)
+
+
+register_method(
+    "ce",
+    "labels only: cross-entropy training of a teacher or of the student baseline",
+    {"ce": ("ce", 1.0)},
+)
+register_method(
+    "kd",
+    "Hinton KD: 0.1 CE + 0.9 KL at T = 4 (RepDistiller's CIFAR-100 preset)",
+    {"ce": ("ce", 0.1), "kd": ("kd", 0.9, {"temperature": 4.0})},
+    reference="Hinton et al. 2015; RepDistiller train_student.py -r 0.1 -a 0.9 --kd_T 4",
+)
