@@ -87,13 +87,16 @@ def resolve_teacher(cfg: RunConfig, data: DataBundle, store: TeacherStore) -> nn
     if t.checkpoint is None and t.config is None:
         raise ConfigError("teacher: give `checkpoint` (a file) or `config` (a train-teacher YAML found in the store)")
     if t.checkpoint is not None:
-        arch = t.arch or load_checkpoint(t.checkpoint).get("arch")
-        if arch is None and t.config is not None:
-            arch = load_config(find_config(t.config)).student.arch
+        # architecture and options: the config's, else the checkpoint's record, else the teacher config's
+        meta = load_checkpoint(t.checkpoint)
+        tcfg = load_config(find_config(t.config), t.overrides) if t.config is not None else None
+        arch = t.arch or meta.get("arch") or (tcfg.student.arch if tcfg else None)
         if arch is None:
             raise ConfigError(f"teacher.arch is not set and checkpoint {t.checkpoint!r} does not name its "
                               "architecture: set teacher.arch")
-        return build_model(ModelConfig(arch=arch, options=t.options, checkpoint=t.checkpoint), data, "teacher")
+        options = t.options or meta.get("options") or (tcfg.student.options if tcfg and tcfg.student.arch == arch
+                                                       else {})
+        return build_model(ModelConfig(arch=arch, options=options, checkpoint=t.checkpoint), data, "teacher")
     tcfg = load_config(find_config(t.config), t.overrides)
     if tcfg.data.name != cfg.data.name:
         raise ConfigError(f"teacher config {t.config!r} trains on {tcfg.data.name!r} but this run uses "
