@@ -186,3 +186,14 @@ def test_factories_take_input_kwargs():
     assert vgg.feature_info[-1].stride == 16
     with torch.no_grad():
         assert vgg.eval()(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stage_bn_is_a_batchnorm_over_the_stage_channels(name):
+    """``FeatureStage.bn`` (OFD's margins) names the BatchNorm before the stage's last ReLU."""
+    model = cached_model(name)
+    for s in model.feature_info:
+        if s.bn is not None:
+            bn = resolve_module(model, s.bn)
+            assert isinstance(bn, nn.modules.batchnorm._BatchNorm), (s, bn)
+            assert bn.num_features == s.channels, (s, bn)

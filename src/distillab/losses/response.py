@@ -1,11 +1,11 @@
-"""Response-based terms: cross-entropy on labels and Hinton's KD on logits."""
+"""Response-based terms on logits: cross-entropy, Hinton's KD, decoupled KD; the ce, kd, dkd and ls presets."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from distillab.losses.base import LOSSES, Batch, LossTerm
+from distillab.losses.base import LOSSES, Batch, LossTerm, SetupContext
 from distillab.methods import register_method
 
 
@@ -67,4 +67,119 @@ register_method(
     "Hinton KD: 0.1 CE + 0.9 KL at T = 4 (RepDistiller's CIFAR-100 preset)",
     {"ce": ("ce", 0.1), "kd": ("kd", 0.9, {"temperature": 4.0})},
     reference="Hinton et al. 2015; RepDistiller train_student.py -r 0.1 -a 0.9 --kd_T 4",
+)
+
+
+# ---------------------------------------------------------------------------- DKD
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Upcast half/bf16 to fp32; fp32 and fp64 pass unchanged (so gradcheck can run in fp64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _dkd_log_probs(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log of the binary pair [p_gt, 1 - p_gt], shape (B, 2), and log-softmax over the non-target classes,
+    shape (B, C - 1). Everything comes from logsumexps of logits, never from logs of probabilities."""
+    b, c = logits.shape
+    lse_all = logits.logsumexp(dim=1)
+    gt = logits.gather(1, target[:, None]).squeeze(1)
+    cols = torch.arange(c - 1, device=logits.device).expand(b, c - 1)
+    others = logits.gather(1, cols + (cols >= target[:, None]))  # every column but the target, in order
+    lse_others = others.logsumexp(dim=1)
+    binary = torch.stack([gt - lse_all, lse_others - lse_all], dim=1)
+    return binary, others - lse_others[:, None]
+
+
+def dkd_parts(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unweighted (TCKD, NCKD) at temperature T, each times T^2 and summed over the batch / B."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"dkd: student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ: both models must predict the same classes")
+    if student_logits.shape[1] < 2:
+        raise ValueError("dkd needs at least two classes")
+    b = student_logits.shape[0]
+    bin_s, non_s = _dkd_log_probs(_at_least_fp32(student_logits) / temperature, target)
+    bin_t, non_t = _dkd_log_probs(_at_least_fp32(teacher_logits) / temperature, target)
+    scale = temperature**2 / b
+    tckd = F.kl_div(bin_s, bin_t, reduction="sum", log_target=True) * scale
+    nckd = F.kl_div(non_s, non_t, reduction="sum", log_target=True) * scale
+    return tckd, nckd
+
+
+@LOSSES.register("dkd", description="Decoupled KD: target-class (TCKD) and non-target-class (NCKD) KL, x T^2")
+class DKD(LossTerm):
+    """Decoupled Knowledge Distillation (Zhao, Cui, Song, Qiu & Liang 2022, arXiv 2203.08679).
+
+    With p = softmax(z / T), b = [p_gt, 1 - p_gt] and p~ the softmax over the non-target classes only:
+
+        TCKD = KL(b_t || b_s),   NCKD = KL(p~_t || p~_s)
+        L = min(epoch / warmup, 1) * T^2 * (alpha * TCKD + beta * NCKD),  averaged over the batch,
+
+    with ``epoch`` counted from 1. The parts ``tckd`` and ``nckd`` are returned already weighted and
+    warmed up, so they sum to the term.
+
+    Reference defaults (mdistiller ``mdistiller/distillers/DKD.py`` and ``engine/cfg.py``): alpha 1,
+    beta 8, T 4, warmup 20 epochs, CE weight 1; the CIFAR-100 preset is CE 1 + DKD 1. mdistiller's
+    ``configs/cifar100/dkd/*.yaml`` keep CE 1 and warmup 20 and change only beta: 6 for wrn_40_2 ->
+    wrn_16_2 / wrn_40_1 and vgg13 -> vgg8 / MobileNetV2, 2 for resnet56 -> resnet20 and resnet110 ->
+    resnet32, 8 elsewhere (``method.params.dkd.beta`` in our per-pair configs); their lr is the CRD
+    protocol's (0.01 for MobileNetV2 / ShuffleNet students, 0.05 otherwise).
+
+    Numerics: mdistiller takes ``log`` of summed, masked probabilities for TCKD (``-inf`` once p_gt
+    underflows or reaches 1) and pushes the target logit away with ``- 1000`` for NCKD (wrong when logits
+    / T exceed about 1000). Here both parts are computed in log space from logsumexps (log p_gt =
+    z_gt - lse(z), log(1 - p_gt) = lse(z without gt) - lse(z); NCKD's softmax runs over the gathered
+    non-target logits), in fp32 even for bf16 inputs. The value equals mdistiller's wherever theirs is
+    finite, and stays finite for logits of 1e4 and for two classes (NCKD over one class is 0).
+    """
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if alpha < 0 or beta < 0:
+            raise ValueError(f"alpha and beta must be non-negative, got alpha={alpha}, beta={beta}")
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0 epochs (0: no warm-up), got {warmup}")
+        self.alpha, self.beta, self.temperature, self.warmup = alpha, beta, temperature, warmup
+
+    def setup(self, ctx: SetupContext) -> None:
+        if ctx.num_classes < 2:
+            raise ValueError(f"dkd needs at least two classes, the data set has {ctx.num_classes}")
+        t_classes = getattr(ctx.teacher, "num_classes", None)
+        if t_classes is not None and t_classes != ctx.num_classes:
+            raise ValueError(f"dkd compares logits class by class: the teacher predicts {t_classes} classes, "
+                             f"the data set has {ctx.num_classes}; use a teacher trained on the same classes")
+
+    def warmup_factor(self, epoch: int) -> float:
+        return min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        tckd, nckd = dkd_parts(batch.student.logits, batch.teacher.logits, batch.labels, self.temperature)
+        w = self.warmup_factor(batch.epoch)
+        return {"tckd": w * self.alpha * tckd, "nckd": w * self.beta * nckd}
+
+
+register_method(
+    "dkd",
+    "Decoupled KD: CE + (TCKD + 8 NCKD) x T^2 at T = 4 with a 20-epoch warm-up (mdistiller's CIFAR-100 preset)",
+    {"ce": ("ce", 1.0), "dkd": ("dkd", 1.0, {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20})},
+    reference="Zhao et al. 2022 (arXiv 2203.08679); mdistiller mdistiller/distillers/DKD.py, "
+              "configs/cifar100/dkd/res32x4_res8x4.yaml",
+)
+
+# ---------------------------------------------------------------------------- label smoothing
+
+# The labels-only baseline that KD is most often confused with: smoothing tells the model not to be
+# overconfident but treats every wrong class alike (dog->wolf costs what dog->car costs), where KD's
+# targets carry the teacher's class similarities; label smoothing helps mostly when capacity fits the
+# task (Mueller et al. 2019). No teacher is loaded.
+
+register_method(
+    "ls",
+    "labels only, CE with label smoothing 0.1: wrong classes get uniform mass, not KD's similarity-shaped mass",
+    {"ce": ("ce", 1.0, {"label_smoothing": 0.1})},
+    reference="Szegedy et al. 2016 (arXiv 1512.00567); Mueller, Kornblith & Hinton 2019 (arXiv 1906.02629)",
 )

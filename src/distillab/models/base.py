@@ -21,12 +21,15 @@ class FeatureStage:
     stride: total spatial (or temporal) reduction relative to the input.
     preact: tap address of the same feature before its final ReLU (``"path:input"`` reads the input
         of a parameter-free activation module), or None where the architecture has no such point.
+    bn: module path of the BatchNorm applied right before that ReLU (mdistiller's ``get_bn_before_relu``;
+        OFD reads its margins from it), or None where no single BatchNorm covers the stage's channels.
     """
 
     name: str
     channels: int
     stride: int
     preact: str | None = None
+    bn: str | None = None
 
 
 class ZooModel(nn.Module):

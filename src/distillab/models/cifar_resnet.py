@@ -56,8 +56,9 @@ class CifarResNet(ZooModel):
         self.input_shape = (in_channels, 32, 32)
         self.embedding_dim = filters[3]
         self.head = "fc"
-        self.feature_info = [FeatureStage("relu", filters[0], 1)] + [
-            FeatureStage(f"layer{i}", filters[i], stride, preact=f"layer{i}.{n - 1}.out_relu:input")
+        self.feature_info = [FeatureStage("relu", filters[0], 1, bn="bn1")] + [
+            FeatureStage(f"layer{i}", filters[i], stride, preact=f"layer{i}.{n - 1}.out_relu:input",
+                         bn=f"layer{i}.{n - 1}.bn2")
             for i, stride in ((1, 1), (2, 2), (3, 4))
         ]
 

@@ -47,7 +47,7 @@ class MobileNetV2(ZooModel):
         channel = int(32 * width_mult)
         self.conv1 = conv_bn(in_channels, channel, 2)
         self.blocks = nn.ModuleList()
-        widths, strides, total = [], [], 2
+        widths, strides, depths, total = [], [], [], 2
         for t, c, n, s in settings:
             out = int(c * width_mult)
             self.blocks.append(nn.Sequential(*(InvertedResidual(channel if i == 0 else out, out, s if i == 0 else 1, t)
@@ -55,6 +55,7 @@ class MobileNetV2(ZooModel):
             channel, total = out, total * s
             widths.append(out)
             strides.append(total)
+            depths.append(n)
         self.last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.conv2 = conv_bn(channel, self.last_channel, 1, kernel_size=1)
         self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
@@ -67,8 +68,9 @@ class MobileNetV2(ZooModel):
         self.input_shape = (in_channels, input_size, input_size)
         self.embedding_dim = self.last_channel
         self.head = "classifier"
-        self.feature_info = [FeatureStage("conv1", int(32 * width_mult), 2)] + [
-            FeatureStage(f"blocks.{i}", widths[i], strides[i]) for i in (1, 2, 4, 6)
+        self.feature_info = [FeatureStage("conv1", int(32 * width_mult), 2, bn="conv1.1")] + [
+            FeatureStage(f"blocks.{i}", widths[i], strides[i], bn=f"blocks.{i}.{depths[i] - 1}.conv.7")
+            for i in (1, 2, 4, 6)
         ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -58,8 +58,9 @@ class BottleneckResNet(ZooModel):
         self.input_shape = (in_channels, 32, 32)
         self.embedding_dim = 2048
         self.head = "linear"
-        self.feature_info = [FeatureStage("relu", 64, 1)] + [
-            FeatureStage(f"layer{i}", 256 * 2 ** (i - 1), 2 ** (i - 1), preact=f"layer{i}.{n - 1}.out_relu:input")
+        self.feature_info = [FeatureStage("relu", 64, 1, bn="bn1")] + [
+            FeatureStage(f"layer{i}", 256 * 2 ** (i - 1), 2 ** (i - 1), preact=f"layer{i}.{n - 1}.out_relu:input",
+                         bn=f"layer{i}.{n - 1}.bn3")
             for i, n in enumerate(num_blocks, start=1)
         ]
 

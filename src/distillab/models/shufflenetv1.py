@@ -58,8 +58,9 @@ class ShuffleNetV1(ZooModel):
         self.input_shape = (in_channels, 32, 32)
         self.embedding_dim = out_planes[-1]
         self.head = "linear"
-        self.feature_info = [FeatureStage("relu", 24, 1)] + [
-            FeatureStage(f"layer{i}", planes, 2 ** i, preact=f"layer{i}.{n - 1}.out_relu:input")
+        self.feature_info = [FeatureStage("relu", 24, 1, bn="bn1")] + [
+            FeatureStage(f"layer{i}", planes, 2 ** i, preact=f"layer{i}.{n - 1}.out_relu:input",
+                         bn=f"layer{i}.{n - 1}.bn3")
             for i, (planes, n) in enumerate(zip(out_planes, num_blocks), start=1)
         ]
 

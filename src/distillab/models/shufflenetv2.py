@@ -104,8 +104,10 @@ class ShuffleNetV2(ZooModel):
         self.input_shape = (in_channels, 32, 32)
         self.embedding_dim = out_channels[3]
         self.head = "linear"
-        # block n of a layer is its last basic block (block 0 is the down block)
-        self.feature_info = [FeatureStage("relu", 24, 1)] + [
+        # block n of a layer is its last basic block (block 0 is the down block). Its last BN (bn3) covers
+        # only the branch half of the channels (the other half passes through), so a stage has no `bn`;
+        # mdistiller's ShuffleNetV2 likewise refuses `get_bn_before_relu`.
+        self.feature_info = [FeatureStage("relu", 24, 1, bn="bn1")] + [
             FeatureStage(f"layer{i}", ch, 2 ** i, preact=f"layer{i}.{n}.out_relu:input")
             for i, (ch, n) in enumerate(zip(out_channels[:3], num_blocks), start=1)
         ]

@@ -25,7 +25,8 @@ class SmallCNN(ZooModel):
         for i, (w, s, k) in enumerate(zip(widths, strides, kernel_sizes, strict=True)):
             stages.append(ConvBNAct(widths[i - 1] if i else in_channels, w, k, s, dims=dims))
             total *= s
-            self.feature_info.append(FeatureStage(f"stages.{i}", w, total, preact=f"stages.{i}.act:input"))
+            self.feature_info.append(FeatureStage(f"stages.{i}", w, total, preact=f"stages.{i}.act:input",
+                                                  bn=f"stages.{i}.bn"))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool1d(1) if dims == 1 else nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[-1], num_classes)
@@ -65,8 +66,8 @@ class MLP(ZooModel):
         self.input_shape = (in_channels, length)
         self.embedding_dim = sizes[-1]
         self.head = "fc"
-        self.feature_info = [FeatureStage(f"hidden.{i}", h, length, preact=f"hidden.{i}.act:input")
-                             for i, h in enumerate(hidden)]
+        self.feature_info = [FeatureStage(f"hidden.{i}", h, length, preact=f"hidden.{i}.act:input",
+                                          bn=f"hidden.{i}.bn") for i, h in enumerate(hidden)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.hidden(torch.flatten(x, 1)))

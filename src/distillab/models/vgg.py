@@ -49,8 +49,10 @@ class VGG(ZooModel):
         self.embedding_dim = 512
         self.head = "classifier"
         strides = [1, 2, 4, 8, 16 if input_size == 64 else 8]
-        self.feature_info = [FeatureStage("relu0", widths[1], 1)] + [
-            FeatureStage(f"relu{i}", widths[i + 1], strides[i], preact=f"block{i}") for i in range(1, 5)
+        last_bn = [f"block{i}.{3 * len(cfg[i]) - 2}" for i in range(5)]  # each block ends in its BN
+        self.feature_info = [FeatureStage("relu0", widths[1], 1, bn=last_bn[0])] + [
+            FeatureStage(f"relu{i}", widths[i + 1], strides[i], preact=f"block{i}", bn=last_bn[i])
+            for i in range(1, 5)
         ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -74,10 +74,10 @@ class WideResNet(ZooModel):
         self.embedding_dim = ch[3]
         self.head = "fc"
         self.feature_info = [
-            FeatureStage("conv1", ch[0], 1),
-            FeatureStage("block1", ch[1], 1, preact="block2.layer.0.bn1"),
-            FeatureStage("block2", ch[2], 2, preact="block3.layer.0.bn1"),
-            FeatureStage("block3", ch[3], 4, preact="bn1"),
+            FeatureStage("conv1", ch[0], 1, bn="block1.layer.0.bn1"),
+            FeatureStage("block1", ch[1], 1, preact="block2.layer.0.bn1", bn="block2.layer.0.bn1"),
+            FeatureStage("block2", ch[2], 2, preact="block3.layer.0.bn1", bn="block3.layer.0.bn1"),
+            FeatureStage("block3", ch[3], 4, preact="bn1", bn="bn1"),
         ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
