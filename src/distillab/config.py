@@ -51,6 +51,7 @@ class MethodConfig(Section):
     weights: dict[str, float] = Field(default_factory=dict)  # override a term's weight, e.g. {kd: 0.9}
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-term options, e.g. {kd: {temperature: 4}}
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-stage epochs/lr, e.g. {init: {epochs: 5}}
+    schedule: dict[str, Any] = Field(default_factory=dict)  # data schedule options; {name: ...} picks another
 
 
 class OptimConfig(Section):

@@ -43,10 +43,12 @@ class MethodSpec:
     terms: dict[str, TermSpec]
     reference: str = ""  # paper and the code whose defaults the preset matches
     stages: tuple[StageSpec, ...] = ()
+    schedule: tuple[str, dict[str, Any]] | None = None  # (registered data schedule, its options)
 
 
 def register_method(name: str, description: str, terms: dict[str, tuple], reference: str = "",
-                    stages: tuple[StageSpec, ...] = ()) -> MethodSpec:
+                    stages: tuple[StageSpec, ...] = (),
+                    schedule: tuple[str, dict[str, Any]] | None = None) -> MethodSpec:
     """Register a preset. ``terms`` maps a term name to ``(loss, weight)`` or ``(loss, weight, params)``;
     a term used only in a stage has weight 0 here."""
     specs = {t: TermSpec(*v) for t, v in terms.items()}
@@ -54,7 +56,7 @@ def register_method(name: str, description: str, terms: dict[str, tuple], refere
         unknown = set(stage.weights) - set(specs)
         if unknown:
             raise ValueError(f"method {name!r}, stage {stage.name!r}: weights for unknown terms {sorted(unknown)}")
-    spec = MethodSpec(name, description, specs, reference, tuple(stages))
+    spec = MethodSpec(name, description, specs, reference, tuple(stages), schedule)
     METHODS.register(name, description=description)(spec)
     return spec
 

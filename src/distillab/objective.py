@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from distillab.config import ConfigError, MethodConfig
-from distillab.losses import LOSSES, Batch, LossTerm, SetupContext
+from distillab.losses import LOSSES, Batch, EpochContext, LossTerm, SetupContext
 from distillab.methods import METHODS, StageSpec
 from distillab.registry import RegistryError, close_matches
 
@@ -22,9 +22,10 @@ class Objective(nn.Module):
     """
 
     def __init__(self, terms: dict[str, LossTerm], weights: dict[str, float],
-                 stages: tuple[StageSpec, ...] = ()) -> None:
+                 stages: tuple[StageSpec, ...] = (), schedule: nn.Module | None = None) -> None:
         super().__init__()
         self.terms = nn.ModuleDict(terms)
+        self.schedule = schedule  # a data schedule (distillab.schedules): which samples each epoch trains on
         self.main_weights = {t: w for t, w in weights.items() if w != 0}
         self.stages = tuple(stages)
         self.stage: str | None = None
@@ -43,7 +44,8 @@ class Objective(nn.Module):
 
     @property
     def needs_teacher(self) -> bool:
-        return any(t.needs_teacher for t in self.terms.values())
+        return any(t.needs_teacher for t in self.terms.values()) or \
+            bool(getattr(self.schedule, "needs_teacher", False))
 
     def feature_requests(self, side: str) -> list[str]:
         attr = "student_features" if side == "student" else "teacher_features"
@@ -56,9 +58,11 @@ class Objective(nn.Module):
         for term in self.terms.values():
             term.setup(ctx)
 
-    def on_epoch_start(self, epoch: int) -> None:
+    def on_epoch_start(self, ctx: EpochContext) -> None:
         for term in self.terms.values():
-            term.on_epoch_start(epoch)
+            term.on_epoch_start(ctx)
+        if self.schedule is not None:
+            self.schedule.on_epoch_start(ctx)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = None
@@ -79,21 +83,26 @@ class Objective(nn.Module):
         return total, logs
 
 
+def _construct(cls: type, options: dict, where: str, what: str):
+    """``cls(**options)``, with an unknown option named (and its closest valid one) before construction."""
+    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for key in options:
+        if key not in valid:
+            matches = close_matches(key, valid)
+            hint = f"did you mean {matches[0]!r}?" if matches else f"valid options: {', '.join(valid) or 'none'}"
+            raise ConfigError(f"unknown option {where}.{key} for {what}: {hint}")
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
 def _build_term(term: str, loss: str, params: dict) -> LossTerm:
     try:
         cls = LOSSES.get(loss)
     except RegistryError as exc:
         raise ConfigError(f"method term {term!r}: {exc}") from None
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for key in params:
-        if key not in valid:
-            matches = close_matches(key, valid)
-            hint = f"did you mean {matches[0]!r}?" if matches else f"valid options: {', '.join(valid) or 'none'}"
-            raise ConfigError(f"unknown option method.params.{term}.{key} for loss {loss!r}: {hint}")
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"method.params.{term}: {exc}") from None
+    return _construct(cls, params, f"method.params.{term}", f"loss {loss!r}")
 
 
 def build_objective(cfg: MethodConfig) -> Objective:
@@ -128,7 +137,26 @@ def build_objective(cfg: MethodConfig) -> Objective:
     used = {t for t, (_, w, _) in plan.items() if w != 0} | {t for s in stages for t, w in s.weights.items() if w}
     terms = {t: _build_term(t, loss, params) for t, (loss, _, params) in plan.items() if t in used}
     weights = {t: w for t, (_, w, _) in plan.items() if w != 0}
-    return Objective(terms, weights, stages)
+    return Objective(terms, weights, stages, _build_schedule(spec.schedule, cfg.schedule))
+
+
+def _build_schedule(preset: tuple[str, dict] | None, override: dict) -> nn.Module | None:
+    """The preset's data schedule with ``method.schedule`` options applied (``name`` picks another)."""
+    from distillab.schedules import SCHEDULES
+
+    options = dict(override)
+    name = options.pop("name", None)
+    if name is None and preset is None:
+        if options:
+            raise ConfigError("method.schedule: this method has no data schedule; name one with method.schedule.name")
+        return None
+    if name is None or (preset is not None and name == preset[0]):
+        name, options = preset[0], {**preset[1], **options}
+    try:
+        cls = SCHEDULES.get(name)
+    except RegistryError as exc:
+        raise ConfigError(f"method.schedule.name: {exc}") from None
+    return _construct(cls, options, "method.schedule", f"schedule {name!r}")
 
 
 def _apply_stage_overrides(stages: tuple[StageSpec, ...], overrides: dict[str, dict], method: str) -> tuple:

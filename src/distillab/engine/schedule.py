@@ -40,8 +40,31 @@ def lr_factor(cfg: OptimConfig, epoch: float, total_epochs: int) -> float:
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_epochs: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR over :func:`lr_factor`; its state (the step count) goes into checkpoints."""
-    steps = max(steps_per_epoch, 1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step / steps, total_epochs))
+class LRSchedule:
+    """Sets each parameter group's lr from the fractional epoch through :func:`lr_factor`.
+
+    Driven by epoch progress, not by a step count, so a data schedule that changes the number of steps
+    per epoch (RDD sampling, curricula) does not stretch the schedule; resume needs only the base lrs.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_epochs: int) -> None:
+        self.optimizer = optimizer
+        self.cfg = cfg
+        self.total_epochs = total_epochs
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+    def set(self, epoch: float) -> None:
+        """Set the lr for (0-based, fractional) epoch progress ``epoch``."""
+        factor = lr_factor(self.cfg, epoch, self.total_epochs)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def state_dict(self) -> dict:
+        return {"base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_lrs = list(state["base_lrs"])
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_epochs: int) -> LRSchedule:
+    return LRSchedule(optimizer, cfg, total_epochs)

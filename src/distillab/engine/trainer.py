@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from distillab.engine.loader import BatchLoader, epoch_generator
 from distillab.engine.logger import MetricsLogger, read_metrics
 from distillab.engine.schedule import build_optimizer, build_scheduler
 from distillab.features import FeatureTaps, probe_shapes, resolve_feature
-from distillab.losses import Batch, ModelOutputs, SetupContext
+from distillab.losses import Batch, EpochContext, ModelOutputs, SetupContext
 from distillab.methods import StageSpec
 from distillab.objective import Objective
 
@@ -146,7 +146,7 @@ class Trainer:
                                        num_workers=cfg.data.num_workers, on_device=cfg.data.on_device)
         self.optimizer = build_optimizer(list(self.student.parameters()) + list(self.objective.parameters()),
                                          cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.epochs, len(self.train_loader))
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.epochs)
         self.epoch = 0  # completed epochs of the main stage
         self.stage_done: dict[str, int] = {}  # completed epochs of each pre-training stage
         self._stage_optimizer_state: dict | None = None  # for resuming inside a stage
@@ -222,7 +222,10 @@ class Trainer:
         state = EpochState()
         with FeatureTaps(self.student, self.student_taps) as s_taps, \
                 FeatureTaps(self.teacher, self.teacher_taps) if self.teacher is not None else contextlib.nullcontext() as t_taps:
+            steps = len(self.train_loader)
             for step, (x, y, idx) in enumerate(self.train_loader, start=1):
+                if scheduler is not None:
+                    scheduler.set(epoch - 1 + (step - 1) / steps)
                 x = self._prepare(self.data.train_transform(x, aug_gen) if self.cfg.data.augment
                                   else self.data.test_transform(x))
                 with self._autocast():
@@ -237,8 +240,6 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
                 state.add(len(y), (s_logits.detach().argmax(1) == y).sum(), total, logs)
                 if progress is not None:
                     progress(step, state)
@@ -301,6 +302,42 @@ class Trainer:
         finally:
             self.objective.use_stage(None)
 
+    def log_event(self, message: str) -> None:
+        """An event worth keeping: reported, and appended to the run folder's events.log."""
+        self.report(message)
+        if self.run_dir is not None:
+            with open(self.run_dir / "events.log", "a") as fh:
+                fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {self.epoch + 1}: {message}\n")
+
+    @torch.no_grad()
+    def extract_train_features(self, side: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Features of the whole training set, eval mode, test-time transforms, in sample-index order."""
+        model = self.student if side == "student" else self.teacher
+        if model is None:
+            raise ValueError(f"no {side} model in this run")
+        taps = {n: resolve_feature(model, n) for n in names}
+        loader = BatchLoader(self.data.train, self.cfg.train.eval_batch_size, device=self.device, shuffle=False,
+                             num_workers=self.cfg.data.num_workers, on_device=self.cfg.data.on_device)
+        was_training = model.training
+        model.eval()
+        out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        try:
+            with FeatureTaps(model, taps) as t:
+                for x, _, _ in loader:
+                    with self._autocast():
+                        model(self._prepare(self.data.test_transform(x)))
+                    for n, f in t.pop().items():
+                        out[n].append(f.float())
+        finally:
+            model.train(was_training)
+        return {n: torch.cat(v) for n, v in out.items()}
+
+    def epoch_context(self, epoch: int) -> EpochContext:
+        return EpochContext(epoch=epoch, num_train=len(self.data.train),
+                            train_labels=getattr(self.data.train, "labels", None), device=self.device,
+                            extract=self.extract_train_features, set_subset=self.train_loader.set_subset,
+                            log=self.log_event)
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None) -> dict[str, float]:
         model = model or self.student
@@ -334,7 +371,8 @@ class Trainer:
                 bar.advance_epochs(self.epoch)
             while self.epoch < t.epochs:
                 epoch = self.epoch + 1
-                self.objective.on_epoch_start(epoch)
+                self.objective.on_epoch_start(self.epoch_context(epoch))
+                self.scheduler.set(epoch - 1)
                 lr = self.optimizer.param_groups[0]["lr"]
                 tic = time.perf_counter()
                 state = self.train_epoch(epoch, bar.step_callback(epoch) if bar is not None else None)

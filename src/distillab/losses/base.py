@@ -14,7 +14,7 @@ on a dummy batch, and :meth:`LossTerm.setup` receives them to size connectors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -60,6 +60,26 @@ class SetupContext:
     teacher: nn.Module | None = None
 
 
+@dataclass
+class EpochContext:
+    """Handed to ``on_epoch_start`` of every term and data schedule before each main-stage epoch.
+
+    extract(side, names): features ``names`` of the "student" or "teacher" over the whole training set,
+        in eval mode with test-time transforms, ordered by sample index: {name: (N, ...)} on the device.
+    set_subset(indices): train this epoch (and later ones, until changed) on these sample indices only
+        (None: all); the learning-rate schedule follows epochs, not steps, so it is unaffected.
+    log(message): an event worth keeping (printed and appended to the run folder's events.log).
+    """
+
+    epoch: int
+    num_train: int
+    train_labels: torch.Tensor | None
+    device: torch.device
+    extract: Callable[[str, Sequence[str]], dict[str, torch.Tensor]]
+    set_subset: Callable[[torch.Tensor | None], None]
+    log: Callable[[str], None]
+
+
 class LossTerm(nn.Module):
     """Base class of every loss term.
 
@@ -75,8 +95,8 @@ class LossTerm(nn.Module):
     def setup(self, ctx: SetupContext) -> None:
         """Build parameters that depend on feature shapes. Called once before training."""
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Called at the start of every training epoch (1-based)."""
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        """Called before every main-stage training epoch (``ctx.epoch`` counts from 1)."""
 
     def forward(self, batch: Batch) -> torch.Tensor | dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
