@@ -171,6 +171,15 @@ def demo(
         _fail(exc)
 
 
+def _register_rdx() -> None:
+    from distillab.rdx.tool import rdx_command
+
+    app.command("rdx")(rdx_command)
+
+
+_register_rdx()
+
+
 def main() -> None:
     app(prog_name="distillab")
 

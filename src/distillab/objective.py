@@ -83,9 +83,23 @@ class Objective(nn.Module):
         return total, logs
 
 
+def _options_of(cls: type) -> list[str]:
+    """Keyword options of ``cls``; a ``**kwargs`` that is passed on to the base class adds the base's."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+                  and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
 def _construct(cls: type, options: dict, where: str, what: str):
     """``cls(**options)``, with an unknown option named (and its closest valid one) before construction."""
-    valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    valid = _options_of(cls)
     for key in options:
         if key not in valid:
             matches = close_matches(key, valid)

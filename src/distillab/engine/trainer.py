@@ -310,14 +310,17 @@ class Trainer:
                 fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} epoch {self.epoch + 1}: {message}\n")
 
     @torch.no_grad()
-    def extract_train_features(self, side: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Features of the whole training set, eval mode, test-time transforms, in sample-index order."""
+    def extract_train_features(self, side: str, names: Sequence[str],
+                               indices: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Features of the training set (or of the samples ``indices``, in that order), eval mode,
+        test-time transforms; rows follow sample index order."""
         model = self.student if side == "student" else self.teacher
         if model is None:
             raise ValueError(f"no {side} model in this run")
         taps = {n: resolve_feature(model, n) for n in names}
         loader = BatchLoader(self.data.train, self.cfg.train.eval_batch_size, device=self.device, shuffle=False,
                              num_workers=self.cfg.data.num_workers, on_device=self.cfg.data.on_device)
+        loader.set_subset(indices)
         was_training = model.training
         model.eval()
         out: dict[str, list[torch.Tensor]] = {n: [] for n in names}

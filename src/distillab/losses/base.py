@@ -64,8 +64,8 @@ class SetupContext:
 class EpochContext:
     """Handed to ``on_epoch_start`` of every term and data schedule before each main-stage epoch.
 
-    extract(side, names): features ``names`` of the "student" or "teacher" over the whole training set,
-        in eval mode with test-time transforms, ordered by sample index: {name: (N, ...)} on the device.
+    extract(side, names, indices=None): features ``names`` of the "student" or "teacher" over the training
+        set (or the samples ``indices``, in that order), eval mode, test-time transforms: {name: (N, ...)}.
     set_subset(indices): train this epoch (and later ones, until changed) on these sample indices only
         (None: all); the learning-rate schedule follows epochs, not steps, so it is unaffected.
     log(message): an event worth keeping (printed and appended to the run folder's events.log).

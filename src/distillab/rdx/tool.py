@@ -1,0 +1,341 @@
+"""``distillab rdx``: explain how two trained models' representations differ (RDX) on N samples.
+
+Model A is the expert (teacher, RDX's model 0), model B the student (model 1). Both are loaded from
+checkpoints (a run's ``model.pt`` records architecture, options and data set; ``--arch-a/--arch-b``
+for a bare state dict), the data set is rebuilt, both models embed the same N samples (pooled
+penultimate features, eval mode, test transforms; N = 500 and seed 0 as in every RDX config), the
+two directional affinities are computed with :func:`distillab.rdx.affinity.rdx_affinities` and each
+is explained with :mod:`distillab.rdx.explain`. The output folder gets one figure per direction, a
+side-by-side overview and ``rdx.json`` (settings, cluster labels, class composition per cluster,
+representative samples, timings).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import typer
+from torch import nn
+
+from distillab.rdx.affinity import rdx_affinities, resolve_gamma
+from distillab.rdx.explain import (DIRECTIONS, NULL_THRESHOLD, FigureData, cluster_composition, explain_direction,
+                                   pca_2d, save_direction_figure, save_overview_figure)
+
+SPLITS = ("train", "test", "all")
+FIGURES = {"10": "rdx_10_student_unique.png", "01": "rdx_01_expert_unique.png", "overview": "rdx_overview.png"}
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint's record: where it is, what it is, and its state."""
+
+    path: Path
+    arch: str | None
+    options: dict
+    data: str | None
+    data_options: dict
+    num_classes: int | None
+    test_top1: float | None
+    state: dict
+
+    @property
+    def label(self) -> str:
+        """A short name: the run folder for a run's model.pt, else the file name without suffix."""
+        name = self.path.parent.name if self.path.name == "model.pt" and self.path.parent.name else self.path.stem
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name) or "model"
+
+    def describe(self, role: str) -> str:
+        """'expert: run-name, test top-1 98.2%' for figure titles."""
+        parts = [self.label] if self.label != role else []
+        if self.test_top1 is not None:
+            parts.append(f"test top-1 {self.test_top1:.1f}%")
+        return f"{role}: {', '.join(parts)}" if parts else role
+
+
+def read_checkpoint(path: str | Path, arch: str | None = None) -> LoadedCheckpoint:
+    """Read a run's ``model.pt`` (a run folder stands for its model.pt) or a bare state dict."""
+    from distillab.engine.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist: give the model.pt of a distillab run "
+                                "(or its run folder)")
+    meta = load_checkpoint(path)
+    saved = meta.get("config") or {}
+    recorded = meta.get("arch")
+    return LoadedCheckpoint(
+        path=path, arch=arch or recorded,
+        # options recorded for another architecture do not apply to the one asked for
+        options=dict(meta.get("options") or {}) if arch is None or arch == recorded else {},
+        data=meta.get("data"), data_options=dict((saved.get("data") or {}).get("options") or {}),
+        num_classes=meta.get("num_classes"), test_top1=meta.get("test_top1"), state=meta)
+
+
+def build_network(ckpt: LoadedCheckpoint, num_classes: int, role: str) -> nn.Module:
+    """The checkpoint's architecture with its weights, loaded strictly. Its classifier keeps the number
+    of classes it was trained with (RDX reads the embedding only)."""
+    from distillab.models import create_model, load_state_dict_compat
+    from distillab.registry import RegistryError
+
+    if ckpt.arch is None:
+        raise ValueError(f"checkpoint {str(ckpt.path)!r} does not record its architecture: pass --arch-{role[-1]}")
+    try:
+        model = create_model(ckpt.arch, num_classes=ckpt.num_classes or num_classes, **ckpt.options)
+    except RegistryError as exc:
+        raise ValueError(f"{role}: {exc}") from None
+    try:
+        load_state_dict_compat(model, ckpt.state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{role} checkpoint {str(ckpt.path)!r} does not fit architecture {ckpt.arch!r} "
+                         f"(options {ckpt.options}): {exc}") from None
+    return model
+
+
+def parse_classes(text: str | None) -> list[int] | None:
+    """'3,5,8' -> [3, 5, 8]."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--classes must be a comma list of integers such as 3,5,8, got {text!r}") from None
+
+
+def parse_gamma(text: str | float) -> float | str:
+    if isinstance(text, (int, float)):
+        return float(text)
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--gamma must be a number or 'auto' (80/N), got {text!r}") from None
+
+
+def sample_subset(bundle, split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Raw inputs, labels and indices of ``n`` samples drawn without replacement (seeded) from ``split``.
+
+    Indices count within the split; for "all", the training set comes first. All samples are used when
+    the split holds fewer than ``n``.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if n < 2:
+        raise ValueError(f"--n must be at least 2, got {n}")
+    parts = {"train": [bundle.train], "test": [bundle.test], "all": [bundle.train, bundle.test]}[split]
+    sizes = [len(p) for p in parts]
+    total = sum(sizes)
+    gen = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(total, generator=gen)[:min(n, total)].sort().values.numpy()
+    xs, ys, offset = [], [], 0
+    for part, size in zip(parts, sizes):
+        local = chosen[(chosen >= offset) & (chosen < offset + size)] - offset
+        inputs = getattr(part, "inputs", None)
+        if inputs is not None:  # an in-memory ArrayDataset
+            xs.append(inputs[torch.as_tensor(local)].cpu())
+            ys.append(part.labels[torch.as_tensor(local)].cpu())
+        elif len(local):
+            items = [part[int(i)] for i in local]
+            xs.append(torch.stack([torch.as_tensor(it[0]) for it in items]))
+            ys.append(torch.as_tensor([int(it[1]) for it in items]))
+        offset += size
+    return torch.cat(xs), torch.cat(ys).long(), chosen
+
+
+@torch.no_grad()
+def embed(model: nn.Module, x_raw: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
+          device: torch.device, role: str, batch_size: int = 256) -> torch.Tensor:
+    """Pooled penultimate embeddings (the model's ``embedding`` tap), eval mode, one row per sample."""
+    from distillab.features import FeatureTaps, resolve_feature
+
+    model = model.to(device).eval()
+    out = []
+    with FeatureTaps(model, {"embedding": resolve_feature(model, "embedding")}) as taps:
+        for start in range(0, len(x_raw), batch_size):
+            x = transform(x_raw[start:start + batch_size].to(device))
+            try:
+                model(x)
+            except RuntimeError as exc:
+                raise ValueError(f"{role} ({type(model).__name__}) cannot read inputs of shape "
+                                 f"{tuple(x.shape[1:])}: {exc}") from None
+            out.append(taps.pop()["embedding"].flatten(1).float().cpu())
+    return torch.cat(out)
+
+
+def _output_dir(out: Path | None, a: LoadedCheckpoint, b: LoadedCheckpoint) -> Path:
+    from distillab.engine.rundir import create_run_dir
+
+    target = Path(out) if out is not None else Path("runs") / f"rdx-{a.label}-vs-{b.label}"
+    return create_run_dir(target.parent, target.name)  # an existing folder gets -2, -3, ...
+
+
+def _model_record(ckpt: LoadedCheckpoint) -> dict:
+    return {"path": str(ckpt.path), "arch": ckpt.arch, "options": ckpt.options, "data": ckpt.data,
+            "data_options": ckpt.data_options, "test_top1": ckpt.test_top1}
+
+
+def run_rdx(model_a: str | Path, model_b: str | Path, *, data: str | None = None, root: str | None = None,
+            classes: list[int] | None = None, split: str = "train", n: int = 500, k: int = 3,
+            gamma: float | str = 0.1, beta: float = 5.0, out: str | Path | None = None,
+            arch_a: str | None = None, arch_b: str | None = None, seed: int = 0,
+            null_threshold: float = NULL_THRESHOLD, device: str = "auto",
+            report: Callable[[str], None] | None = None) -> Path:
+    """Compare expert ``model_a`` with student ``model_b`` by RDX; return the output folder.
+
+    data / root / classes: the data set (default: the one model A was trained on, with its options),
+    its root, and the classes to keep. split / n / seed: ``n`` samples of that split, drawn with ``seed``
+    (which also seeds spectral clustering). k: clusters besides the null one. gamma ("auto": 80/N) and
+    beta: RDX's locally-biased difference and affinity exponent. null_threshold: cluster 0 is the null
+    cluster (grey, no sample grid) when its mean affinity is below this. Raises ValueError or
+    FileNotFoundError, with the fix in the message, for anything the user can correct.
+    """
+    from distillab.data import build_dataset, dataset_options
+    from distillab.engine.rundir import write_json_atomic
+    from distillab.engine.trainer import resolve_device
+
+    report = report or (lambda msg: None)
+    if k < 1:
+        raise ValueError(f"--k (clusters besides the null one) must be at least 1, got {k}")
+    gamma = parse_gamma(gamma)
+    seconds: dict[str, float] = {}
+    tic = time.perf_counter()
+    a, b = read_checkpoint(model_a, arch_a), read_checkpoint(model_b, arch_b)
+
+    name = data or a.data
+    if name is None:
+        raise ValueError(f"checkpoint {str(a.path)!r} does not record its data set: pass --data")
+    options = dict(a.data_options) if name == a.data else {}
+    if classes is not None:
+        if "classes" not in dataset_options(name):
+            raise ValueError(f"data set {name!r} has no option 'classes': drop --classes")
+        options["classes"] = classes
+    bundle = build_dataset(name, root=root, **options)
+    if b.data is not None and b.data != name:
+        report(f"note: the student was trained on {b.data!r}, compared here on {name!r}")
+    x_raw, y, indices = sample_subset(bundle, split, n, seed)
+    if len(indices) < n:
+        report(f"note: the {split} split of {name!r} holds {len(indices)} samples; using all of them (asked {n})")
+    if len(indices) < 2 * (k + 1):
+        raise ValueError(f"{len(indices)} samples are too few for {k + 1} clusters: lower --k or use --split all")
+
+    dev = resolve_device(device)
+    emb_a, emb_b = (embed(build_network(ckpt, bundle.num_classes, role), x_raw, bundle.test_transform, dev, role)
+                    for ckpt, role in ((a, "model_a"), (b, "model_b")))
+    seconds["load_and_embed"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    g = float(resolve_gamma(gamma, len(indices)))
+    a01, a10 = rdx_affinities(emb_a, emb_b, gamma=g, beta=beta, mode="local")
+    affinity = {"10": a10.detach().cpu().double().numpy(), "01": a01.detach().cpu().double().numpy()}
+    seconds["affinities"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    embeddings = {0: emb_a.double().numpy(), 1: emb_b.double().numpy()}
+    explanations = {d: explain_direction(affinity[d], embeddings[DIRECTIONS[d].model], k, d, seed=seed,
+                                         null_threshold=null_threshold) for d in ("10", "01")}
+    seconds["clustering"] = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    folder = _output_dir(Path(out) if out is not None else None, a, b)
+    classes_np = y.numpy()
+    figure_data = FigureData(pcs=(pca_2d(embeddings[0]), pca_2d(embeddings[1])), samples=x_raw.float().numpy(),
+                             kind=bundle.kind, classes=classes_np, class_names=bundle.class_names,
+                             names=(a.describe("expert"), b.describe("student")))
+    for d, expl in explanations.items():
+        save_direction_figure(folder / FIGURES[d], expl, affinity[d], figure_data)
+    save_overview_figure(folder / FIGURES["overview"], [explanations["10"], explanations["01"]],
+                         [affinity["10"], affinity["01"]], figure_data)
+    seconds["figures"] = time.perf_counter() - tic
+
+    summary = {
+        "model_a": {"role": "expert (RDX model 0)", **_model_record(a)},
+        "model_b": {"role": "student (RDX model 1)", **_model_record(b)},
+        "data": {"name": name, "options": options, "split": split, "n_requested": n, "n": int(len(indices)),
+                 "seed": seed, "indices": indices.tolist(), "labels": classes_np.tolist(),
+                 "class_names": bundle.class_names},
+        "rdx": {"k": k, "gamma": g, "gamma_given": gamma, "beta": beta, "mode": "local",
+                "null_threshold": null_threshold if math.isfinite(null_threshold) else str(null_threshold),
+                "embedding_dims": [int(emb_a.shape[1]), int(emb_b.shape[1])]},
+        "directions": {d: _direction_record(expl, classes_np, bundle.class_names, indices)
+                       for d, expl in explanations.items()},
+        "figures": dict(FIGURES),
+        "seconds": {key: round(v, 3) for key, v in seconds.items()},
+        "device": str(dev),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+    write_json_atomic(folder / "rdx.json", summary)
+    return folder
+
+
+def _direction_record(expl, classes: np.ndarray, class_names: list[str] | None, indices: np.ndarray) -> dict:
+    d = expl.direction
+    clusters = []
+    for entry in cluster_composition(expl.labels, classes, class_names):
+        c = entry["cluster"]
+        reps = expl.representatives[c]
+        clusters.append({**entry, "null": expl.is_null(c), "mean_affinity": round(float(expl.mean_affinity[c]), 4),
+                         "representatives": reps.tolist(), "representatives_data_index": indices[reps].tolist()})
+    return {"title": d.title, "meaning": d.meaning, "matrix": d.matrix,
+            "neighbours_in": "student" if d.model == 1 else "expert",
+            "cluster_labels": expl.labels.tolist(), "clusters": clusters}
+
+
+def format_summary(folder: Path) -> str:
+    """A few lines per direction: each cluster's size and class composition."""
+    import json
+
+    from distillab.rdx.explain import describe_composition
+
+    summary = json.loads((folder / "rdx.json").read_text())
+    lines = [f"RDX on {summary['data']['n']} samples of {summary['data']['name']} "
+             f"(gamma {summary['rdx']['gamma']:g}, beta {summary['rdx']['beta']:g}, k {summary['rdx']['k']})"]
+    for rec in summary["directions"].values():
+        lines.append(f"{rec['title']}: {rec['meaning']}")
+        for cl in rec["clusters"]:
+            tag = " (null)" if cl["null"] else ""
+            comp = describe_composition(cl)
+            lines.append(f"  cluster {cl['cluster']}{tag}: {cl['size']} samples, mean affinity "
+                         f"{cl['mean_affinity']:.2f}" + (f"; {comp}" if comp else ""))
+    lines.append(f"figures and rdx.json in {folder}")
+    return "\n".join(lines)
+
+
+def rdx_command(
+    model_a: Path = typer.Argument(..., help="the expert (teacher): model.pt of a run, or its run folder"),
+    model_b: Path = typer.Argument(..., help="the student: model.pt of a run, or its run folder"),
+    data: Optional[str] = typer.Option(None, help="data set (default: the one model_a was trained on)"),
+    root: Optional[str] = typer.Option(None, help="data root"),
+    classes: Optional[str] = typer.Option(None, help="keep only these classes, a comma list such as 3,5,8"),
+    split: str = typer.Option("train", help="where the samples come from: train (as RDX), test or all"),
+    n: int = typer.Option(500, help="number of samples (all of the split if it holds fewer)"),
+    k: int = typer.Option(3, help="clusters per direction besides the extra (null) one"),
+    gamma: str = typer.Option("0.1", help="locally-biased difference scale, or auto (80/N)"),
+    beta: float = typer.Option(5.0, help="affinity exponent"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default runs/rdx-<a>-vs-<b>; never overwritten)"),
+    arch_a: Optional[str] = typer.Option(None, help="architecture of model_a (default: read from the checkpoint)"),
+    arch_b: Optional[str] = typer.Option(None, help="architecture of model_b (default: read from the checkpoint)"),
+    seed: int = typer.Option(0, help="seed of the sample draw and of spectral clustering"),
+    null_threshold: float = typer.Option(NULL_THRESHOLD, help="cluster 0 is the null cluster (grey) when its mean "
+                                         "affinity is below this"),
+    device: str = typer.Option("auto", help="cpu, cuda, mps or auto"),
+) -> None:
+    """RDX: clusters of samples one model groups and the other separates, in both directions, with figures."""
+    from distillab.cli import USER_ERRORS, _fail, console
+
+    try:
+        folder = run_rdx(model_a, model_b, data=data, root=root, classes=parse_classes(classes), split=split, n=n,
+                         k=k, gamma=gamma, beta=beta, out=out, arch_a=arch_a, arch_b=arch_b, seed=seed,
+                         null_threshold=null_threshold, device=device, report=console.print)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    console.print(format_summary(folder), highlight=False)
