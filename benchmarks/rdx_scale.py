@@ -1,15 +1,17 @@
 """Time and peak memory of one RDX mining pass (`distillab.rdx.mine`) over N samples.
 
 Teacher and student features are random (ReLU of Gaussian, like pooled post-ReLU activations; the
-run time does not depend on the values), 256-d by default like resnet32x4 / resnet8x4's pooled features.
+run time hardly depends on the values), 256-d by default like resnet32x4 / resnet8x4's pooled features.
 Each N runs in a fresh subprocess, so peak memory is that process's own:
 
 - CPU: peak resident memory (``resource.getrusage`` ru_maxrss) during ``mine``, as the increase over the
   process's peak before the call (after imports, the features and a small warm-up pass) and as the total;
+  both include the result itself (``result_mib``: the (N, pool_k) int64 negative pools, mostly);
 - CUDA: ``torch.cuda.max_memory_allocated`` during ``mine``, over what was allocated before.
 
     python benchmarks/rdx_scale.py                         # N = 10,000 and 50,000 on CPU
     python benchmarks/rdx_scale.py --n 10000 --json docs/results/rdx_scale_cpu.json
+    python benchmarks/rdx_scale.py --n 50000 --anchors 10000 --json docs/results/rdx_scale_cpu.json --append
     python benchmarks/rdx_scale.py --device cuda --n 50000 --anchors 10000
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -70,6 +73,9 @@ def measure(args: argparse.Namespace, n: int) -> dict:
         "kna_k": args.kna_k, "seconds": seconds, "peak_rss_mib": rss_peak,
         "peak_rss_increase_mib": rss_peak - rss_before, "rss_before_mib": rss_before,
         "features_mib": (x_teacher.nbytes + x_student.nbytes) / 2 ** 20,
+        "result_mib": sum(getattr(result, name).nbytes
+                          for name in ("positive", "negative_pool", "confusion", "kna")) / 2 ** 20,
+        "load_average_before": os.getloadavg()[0],
     }
     if device.type == "cuda":
         out["cuda_peak_allocated_increase_mib"] = (torch.cuda.max_memory_allocated(device) - cuda_before) / 2 ** 20
@@ -119,6 +125,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42, help="seed of the features and of the anchors")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--append", action="store_true", help="add to the --json file's reports, not replace them")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)  # one N, in this process
     args = parser.parse_args()
 
@@ -150,10 +157,13 @@ def main() -> None:
     }
     print(json.dumps(report, indent=2))
     if args.json:
+        reports = []
+        if args.append and os.path.exists(args.json):
+            with open(args.json) as fh:
+                reports = json.load(fh)["reports"]
         with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+            json.dump({"reports": [*reports, report]}, fh, indent=2)
             fh.write("\n")
-
 
 if __name__ == "__main__":
     main()

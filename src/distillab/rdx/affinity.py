@@ -24,7 +24,9 @@ from distillab.rdx.ranks import neighbour_ranks
 # so the blog's beta may be a slip. The code's value is the default; the blog's is kept under its name.
 BETA_DEFAULT = 5.0
 BETA_BLOG = 0.8
-# gamma of the RDD code and of RDX's MNIST/CUB configs; RDX without a configured gamma uses 80 / N
+# gamma of the RDD code and of RDX's MNIST/CUB configs; RDX without a configured gamma uses 80 / N. Ranks
+# grow with the number of anchors (RDX compares 500 images, RDD 50,000), so a fixed gamma is not
+# scale-equivalent across N; "auto" keeps gamma * rank scale constant.
 GAMMA_DEFAULT = 0.1
 GAMMA_AUTO_SCALE = 80.0
 MODES = ("local", "standard")
