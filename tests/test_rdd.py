@@ -120,3 +120,43 @@ def test_sampling_and_curriculum_subsets():
         sizes.append(20 if subsets[-1] is None else len(subsets[-1]))
     assert sizes == [6, 13, 20, 20]  # 0.3 -> 0.65 -> 1.0 of 20 samples
     assert curriculum.fraction(1) == pytest.approx(0.3) and curriculum.fraction(6) == pytest.approx(0.65)
+
+
+@pytest.mark.parametrize("config,extra", [
+    ("rdd_adaptive", ["method.params.rdd.probe_size=50", "method.params.rdd.drift_threshold=0.05",
+                      "method.params.rdd.nce_k=64", "method.params.rdd.pool_k=32"]),
+    ("rdd_curriculum", ["method.schedule.e_pace=2"]),
+    ("rdd_sampling", ["method.schedule.refresh_every=2"]),
+])
+def test_resume_equals_uninterrupted(config, extra, tmp_path, monkeypatch):
+    from distillab.config import load_config
+    from distillab.engine.trainer import Trainer
+    from distillab.models import create_model
+    from distillab.runner import PACKAGED_CONFIGS, run
+
+    teacher = tmp_path / "t.pt"
+    torch.manual_seed(0)
+    torch.save({"model": create_model("cnn1d", num_classes=10).state_dict(), "arch": "cnn1d"}, teacher)
+
+    def cfg(name):
+        return load_config(PACKAGED_CONFIGS / "mnist1d" / f"{config}.yaml", [
+            f"out_dir={tmp_path}", f"name={name}", "train.epochs=3", "data.options.num_samples=300",
+            "train.progress=false", "train.tensorboard=false", "train.device=cpu", f"teacher.checkpoint={teacher}",
+            *extra])
+
+    _, full = run(cfg("full"))
+    original = Trainer.train_epoch
+
+    def crash(self, epoch, progress=None, **kw):
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return original(self, epoch, progress, **kw)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg("cut"))
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    run(cfg("cut"), resume=tmp_path / "cut")
+    a, b = torch.load(full / "model.pt")["model"], torch.load(tmp_path / "cut" / "model.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (full / "events.log").read_text().count("epoch") >= 1

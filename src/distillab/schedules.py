@@ -55,6 +55,13 @@ class _RDXRanked(DataSchedule):
     def fraction(self, epoch: int) -> float:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # the ranking's length is only known once computed: take the checkpoint's size before loading
+        saved = state_dict.get(prefix + "order")
+        if saved is not None:
+            self.order = torch.empty_like(saved, device=self.ranked_epoch.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def on_epoch_start(self, ctx: EpochContext) -> None:
         epoch, ranked = ctx.epoch, int(self.ranked_epoch)
         if epoch < self.start_epoch:
