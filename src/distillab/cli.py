@@ -171,13 +171,15 @@ def demo(
         _fail(exc)
 
 
-def _register_rdx() -> None:
+def _register_tools() -> None:
+    from distillab.probe import probe_command
     from distillab.rdx.tool import rdx_command
 
     app.command("rdx")(rdx_command)
+    app.command("probe")(probe_command)
 
 
-_register_rdx()
+_register_tools()
 
 
 def main() -> None:
