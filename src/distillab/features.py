@@ -123,3 +123,23 @@ def resolve_feature(model: nn.Module, name: str) -> str:
                 raise ValueError(f"{name!r}: stage {stage.name!r} of {type(model).__name__} has no pre-activation output")
             return stage.preact
     return name
+
+
+@torch.no_grad()
+def embed_batches(model: nn.Module, batches, name: str = "the model") -> torch.Tensor:
+    """Pooled embeddings (the ``embedding`` feature) of prepared input batches, eval mode, CPU float32.
+
+    ``batches`` yields input tensors ready for the model; a model that cannot read their shape raises a
+    ValueError naming ``name`` and the shape.
+    """
+    model.eval()
+    out = []
+    with FeatureTaps(model, {"embedding": resolve_feature(model, "embedding")}) as taps:
+        for x in batches:
+            try:
+                model(x)
+            except RuntimeError as exc:
+                raise ValueError(f"{name} ({type(model).__name__}) cannot read inputs of shape "
+                                 f"{tuple(x.shape[1:])}: {exc}") from None
+            out.append(taps.pop()["embedding"].flatten(1).float().cpu())
+    return torch.cat(out)

@@ -77,24 +77,20 @@ def extract_features(model: nn.Module, dataset, transform: Callable[[torch.Tenso
                      size: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) of a whole split: the model's pooled embedding tap, eval mode, CPU float32."""
     from distillab.engine.loader import BatchLoader
-    from distillab.features import FeatureTaps, resolve_feature
+    from distillab.features import embed_batches
 
-    model = model.to(device).eval()
-    feats, labels = [], []
-    loader = BatchLoader(dataset, batch_size, device=device, shuffle=False)
-    with FeatureTaps(model, {"embedding": resolve_feature(model, "embedding")}) as taps:
-        for x, y, _ in loader:
+    labels: list[torch.Tensor] = []
+
+    def batches():
+        for x, y, _ in BatchLoader(dataset, batch_size, device=device, shuffle=False):
+            labels.append(y.long().cpu())
             x = transform(x)
             if size is not None:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-            try:
-                model(x)
-            except RuntimeError as exc:
-                raise ValueError(f"{type(model).__name__} cannot read inputs of shape {tuple(x.shape[1:])}: "
-                                 f"{exc}") from None
-            feats.append(taps.pop()["embedding"].flatten(1).float().cpu())
-            labels.append(y.long().cpu())
-    return torch.cat(feats), torch.cat(labels)
+            yield x
+
+    feats = embed_batches(model.to(device), batches())
+    return feats, torch.cat(labels)
 
 
 def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, *, epochs: int = EPOCHS,

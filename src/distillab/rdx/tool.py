@@ -156,20 +156,10 @@ def sample_subset(bundle, split: str, n: int, seed: int) -> tuple[torch.Tensor, 
 def embed(model: nn.Module, x_raw: torch.Tensor, transform: Callable[[torch.Tensor], torch.Tensor],
           device: torch.device, role: str, batch_size: int = 256) -> torch.Tensor:
     """Pooled penultimate embeddings (the model's ``embedding`` tap), eval mode, one row per sample."""
-    from distillab.features import FeatureTaps, resolve_feature
+    from distillab.features import embed_batches
 
-    model = model.to(device).eval()
-    out = []
-    with FeatureTaps(model, {"embedding": resolve_feature(model, "embedding")}) as taps:
-        for start in range(0, len(x_raw), batch_size):
-            x = transform(x_raw[start:start + batch_size].to(device))
-            try:
-                model(x)
-            except RuntimeError as exc:
-                raise ValueError(f"{role} ({type(model).__name__}) cannot read inputs of shape "
-                                 f"{tuple(x.shape[1:])}: {exc}") from None
-            out.append(taps.pop()["embedding"].flatten(1).float().cpu())
-    return torch.cat(out)
+    batches = (transform(x_raw[i:i + batch_size].to(device)) for i in range(0, len(x_raw), batch_size))
+    return embed_batches(model.to(device), batches, role)
 
 
 def _output_dir(out: Path | None, a: LoadedCheckpoint, b: LoadedCheckpoint) -> Path:
