@@ -171,6 +171,32 @@ def demo(
         _fail(exc)
 
 
+@app.command()
+def bench(
+    suite: str = typer.Argument(..., help="a shipped suite (mnist1d, digits, cifar100-crd, tiny) or a suite YAML"),
+    overrides: List[str] = typer.Argument(None, help="dotted overrides for every run, teachers included "
+                                                     "(e.g. data.root=/data train.epochs=1)"),
+    out: Optional[Path] = typer.Option(None, help="grid folder (default bench/<suite>); rerun to resume"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the suite's)"),
+    methods: Optional[str] = typer.Option(None, help="comma-separated methods/rows to run (default: all)"),
+    pairs: Optional[str] = typer.Option(None, help="comma-separated teacher/student pairs (default: all)"),
+    workers: int = typer.Option(1, help="runs trained at once, each in its own process"),
+    threads: Optional[int] = typer.Option(None, help="torch threads per worker (default: cores / workers)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list the grid (configs, seeds, state) and stop"),
+    commands: bool = typer.Option(False, "--commands", help="with --dry-run: print each run's command line"),
+    report_only: bool = typer.Option(False, "--report-only", help="aggregate what is there; train nothing"),
+) -> None:
+    """Run a benchmark grid (pairs x methods x seeds); skip finished runs, resume interrupted ones, report."""
+    from distillab.bench.cli import bench_command
+
+    try:
+        bench_command(suite, list(overrides or []), out=out, seeds=seeds, methods=methods, pairs=pairs,
+                      workers=workers, threads=threads, dry_run=dry_run, commands=commands,
+                      report_only=report_only, console=console)
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
 def _register_tools() -> None:
     from distillab.probe import probe_command
     from distillab.rdx.tool import rdx_command

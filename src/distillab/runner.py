@@ -119,8 +119,10 @@ def versions() -> dict:
 
 
 def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: bool | None = None,
-        report: Callable[[str], None] | None = None, label: str = "train") -> tuple[dict, Path]:
-    """Train one run to the end; return (summary, run folder). ``resume`` is an existing run folder."""
+        report: Callable[[str], None] | None = None, label: str = "train",
+        run_dir: Path | None = None) -> tuple[dict, Path]:
+    """Train one run to the end; return (summary, run folder). ``resume`` is an existing run folder;
+    ``run_dir`` names the new run's folder exactly (it must not exist yet, or be empty)."""
     dist = DistInfo.from_env()
     report = report or (lambda msg: console.print(msg) if console is not None else None)
     seed_everything(cfg.seed)
@@ -143,6 +145,12 @@ def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: b
         ckpt = run_dir / "checkpoints" / "last.pt"
         if not ckpt.is_file():
             raise CheckpointError(f"cannot resume {run_dir}: it holds no checkpoints/last.pt")
+    elif run_dir is not None:
+        run_dir = Path(run_dir)
+        if dist.is_main:
+            if run_dir.exists() and any(run_dir.iterdir()):
+                raise ConfigError(f"run folder {run_dir} already holds files: resume it, or pick another folder")
+            run_dir.mkdir(parents=True, exist_ok=True)
     else:
         run_dir = create_run_dir(cfg.out_dir, cfg.name or default_name(cfg)) if dist.is_main else None
     if run_dir is not None and dist.is_main:

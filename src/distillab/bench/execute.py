@@ -1,0 +1,207 @@
+"""Running a suite's grid: teachers first, then every run, skipping finished ones and resuming the rest.
+
+A run's state is read from its folder alone, so an interrupted ``distillab bench`` picks up where it
+stopped: ``summary.json`` means finished (skipped), ``checkpoints/last.pt`` means interrupted (resumed),
+``error.txt`` without a checkpoint means failed (started again; the error stays on record until then).
+Each run's resolved config is compared with the one its folder holds: a grid whose settings changed under
+an existing folder is refused instead of mixing two settings in one table.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+from distillab.bench.suite import RunSpec, TeacherJob
+from distillab.config import ConfigError, to_yaml
+
+DONE, PARTIAL, FAILED, NEW = "done", "partial", "failed", "new"
+
+
+def run_state(folder: Path) -> str:
+    if (folder / "summary.json").is_file():
+        return DONE
+    if (folder / "checkpoints" / "last.pt").is_file():
+        return PARTIAL
+    if (folder / "error.txt").is_file():
+        return FAILED
+    return NEW
+
+
+def _comparable(yaml_text: str) -> str:
+    return yaml_text.strip()
+
+
+def check_stale(runs: list[RunSpec]) -> list[str]:
+    """Runs whose folder holds a config other than the one the grid would now use."""
+    stale = []
+    for spec in runs:
+        saved = spec.folder / "config.yaml"
+        if saved.is_file() and run_state(spec.folder) in (DONE, PARTIAL):
+            if _comparable(saved.read_text()) != _comparable(to_yaml(spec.load())):
+                stale.append(spec.key)
+    return stale
+
+
+@dataclass
+class Outcome:
+    key: str
+    status: str  # done | skipped | failed
+    top1: float | None = None
+    seconds: float = 0.0
+    error: str = ""
+    resumed: bool = False
+
+
+def _clear(folder: Path) -> None:
+    """Empty a run folder that holds no checkpoint and no result (a failed or never-started run)."""
+    if folder.exists():
+        for child in folder.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def execute_run(spec: RunSpec, threads: int | None = None) -> Outcome:
+    """Train (or resume) one run in this process; an exception becomes a failed outcome and ``error.txt``."""
+    import torch
+
+    from distillab.runner import run
+
+    if threads:
+        torch.set_num_threads(threads)
+    state = run_state(spec.folder)
+    if state == DONE:
+        return Outcome(spec.key, "skipped")
+    tic = time.perf_counter()
+    try:
+        cfg = spec.load()
+        if state == PARTIAL:
+            summary, _ = run(cfg, resume=spec.folder, progress=False)
+        else:
+            _clear(spec.folder)
+            # a previous failure's error.txt goes now (the folder must be empty); a new failure writes its own
+            (spec.folder / "error.txt").unlink(missing_ok=True)
+            summary, _ = run(cfg, progress=False, run_dir=spec.folder)
+        return Outcome(spec.key, "done", summary.get("test_top1"), time.perf_counter() - tic, resumed=state == PARTIAL)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, none is dropped
+        spec.folder.mkdir(parents=True, exist_ok=True)
+        text = f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
+        (spec.folder / "error.txt").write_text(text)
+        return Outcome(spec.key, "failed", None, time.perf_counter() - tic, error=f"{type(exc).__name__}: {exc}")
+
+
+def ensure_teacher(job: TeacherJob, report: Callable[[str], None]) -> tuple[bool, str]:
+    """Train the teacher unless the store has it; (ok, message)."""
+    from distillab.runner import run
+    from distillab.store import TeacherStore
+
+    try:
+        cfg = job.load()
+        store = TeacherStore(cfg.store)
+        found = store.find(cfg)
+        if found is not None:
+            return True, f"teacher {job.config}: in the store ({found})"
+        state = run_state(job.folder)
+        tic = time.perf_counter()
+        if state == DONE:
+            import json
+
+            summary = json.loads((job.folder / "summary.json").read_text())
+        elif state == PARTIAL:
+            summary, _ = run(cfg, resume=job.folder, progress=False)
+        else:
+            _clear(job.folder)
+            (job.folder / "error.txt").unlink(missing_ok=True)
+            report(f"training teacher {job.config} ...")
+            summary, _ = run(cfg, progress=False, run_dir=job.folder)
+        path = store.put(cfg, job.folder / "model.pt", summary)
+        return True, (f"teacher {job.config}: trained, test top-1 {summary['test_top1']:.2f} "
+                      f"({time.perf_counter() - tic:.0f} s), stored at {path}")
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        job.folder.mkdir(parents=True, exist_ok=True)
+        (job.folder / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
+        return False, f"teacher {job.config} failed: {type(exc).__name__}: {exc}"
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, workers: int = 1,
+                 threads: int | None = None, report: Callable[[str], None] = print,
+                 on_outcome: Callable[[Outcome, RunSpec], None] | None = None) -> list[Outcome]:
+    """Teachers (in this process), then the runs on ``workers`` processes; every outcome is returned."""
+    stale = check_stale(runs)
+    if stale:
+        shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+        raise ConfigError(f"{len(stale)} run folder(s) hold results made with other settings ({shown}): "
+                          "write this grid into another --out folder, or delete those folders")
+    failed_teachers: dict[str, str] = {}
+    needed = {spec.teacher.config for spec in runs if spec.teacher is not None
+              and run_state(spec.folder) != DONE}
+    for config, job in teachers.items():
+        if config not in needed:
+            continue
+        ok, msg = ensure_teacher(job, report)
+        report(msg)
+        if not ok:
+            failed_teachers[config] = msg
+
+    outcomes: list[Outcome] = []
+    todo: list[RunSpec] = []
+    for spec in runs:
+        if run_state(spec.folder) == DONE:
+            outcomes.append(Outcome(spec.key, "skipped"))
+            if on_outcome:
+                on_outcome(outcomes[-1], spec)
+        elif spec.teacher is not None and spec.teacher.config in failed_teachers:
+            msg = f"not run: {failed_teachers[spec.teacher.config]}"
+            spec.folder.mkdir(parents=True, exist_ok=True)
+            if run_state(spec.folder) != PARTIAL:
+                (spec.folder / "error.txt").write_text(msg + "\n")
+            outcomes.append(Outcome(spec.key, "failed", error=msg))
+            if on_outcome:
+                on_outcome(outcomes[-1], spec)
+        else:
+            todo.append(spec)
+
+    if workers <= 1:
+        for spec in todo:
+            out = execute_run(spec, threads)
+            outcomes.append(out)
+            if on_outcome:
+                on_outcome(out, spec)
+        return outcomes
+
+    per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=_init_worker, initargs=(per_worker,)) as pool:
+        futures = {pool.submit(execute_run, spec, per_worker): spec for spec in todo}
+        for fut in as_completed(futures):
+            spec = futures[fut]
+            try:
+                out = fut.result()
+            except BrokenProcessPool:
+                out = Outcome(spec.key, "failed", error="the worker process died (out of memory, or killed); "
+                                                        "run the suite again to resume")
+                if run_state(spec.folder) != PARTIAL:
+                    spec.folder.mkdir(parents=True, exist_ok=True)
+                    (spec.folder / "error.txt").write_text(out.error + "\n")
+            outcomes.append(out)
+            if on_outcome:
+                on_outcome(out, spec)
+    return outcomes

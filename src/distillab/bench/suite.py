@@ -1,0 +1,279 @@
+"""Benchmark suites: a grid of (teacher/student pair x method x seed), each cell an ordinary run.
+
+A suite is a YAML file (the shipped ones live in ``configs/suites/``)::
+
+    description: one line
+    seeds: [0, 1, 2, 3, 4]
+    overrides: [data.options.num_samples=10000]   # every run, the teachers' included
+    run_overrides: [train.checkpoint_every=10]    # the students' runs only
+    pairs:
+      - name: cnn1d_w32-cnn1d_w6
+        teacher: mnist1d/teacher_cnn1d.yaml       # trained once (its own seed), then found in the store
+        student: {arch: cnn1d, options: {width: 6}}
+        config: [mnist1d/{method}.yaml]           # templates tried in order; {method} {teacher} {student}
+        configs: {ce: mnist1d/ce.yaml}            # per-method config, instead of the templates
+        methods: all                              # every registered method, or a list
+        exclude: [fsp]
+        variants: {rdd_adaptive: mnist1d/rdd_adaptive.yaml}   # extra rows: a label and its config
+        overrides: [optim.lr=0.01]                # this pair's runs
+        method_overrides: {at: ["method.params.at.stages=[0, 1]"]}   # one row's runs
+        reference: {kd: 73.33}                    # published top-1 per method (and teacher/ce)
+
+Every run gets the pair's student (``student.arch``/``student.options``), the pair's teacher config with
+the overrides it was trained under (so the store finds exactly that teacher), the seed, and a fixed run
+folder ``<out>/runs/<pair>/<label>/seed<k>`` that makes the grid resumable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from distillab.config import ConfigError, RunConfig, load_config
+from distillab.registry import close_matches, unknown_name_message
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "configs" / "suites"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PairSpec(_Strict):
+    name: str
+    teacher: str | None = None  # a train-teacher config; None for a labels-only pair
+    student: dict[str, Any]  # {arch: ..., options: {...}}
+    config: list[str] = Field(default_factory=list)  # config path templates, first existing wins
+    configs: dict[str, str] = Field(default_factory=dict)  # label -> config path template
+    methods: list[str] | str = "all"
+    exclude: list[str] = Field(default_factory=list)
+    variants: dict[str, str] = Field(default_factory=dict)  # label -> config path template
+    overrides: list[str] = Field(default_factory=list)
+    method_overrides: dict[str, list[str]] = Field(default_factory=dict)  # label -> overrides of that row only
+    reference: dict[str, float] = Field(default_factory=dict)
+    note: str = ""
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("student")
+    @classmethod
+    def _student(cls, v: dict) -> dict:
+        if "arch" not in v:
+            raise ValueError("needs `arch`")
+        unknown = set(v) - {"arch", "options"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)} (valid: arch, options)")
+        return {"arch": v["arch"], "options": dict(v.get("options") or {})}
+
+
+class SuiteSpec(_Strict):
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    metric: str = "last"  # which accuracy the report ranks by: last (epoch) or best (epoch)
+    overrides: list[str] = Field(default_factory=list)
+    run_overrides: list[str] = Field(default_factory=list)
+    pairs: list[PairSpec]
+    command: str = ""  # how to run it, shown in the report
+    hardware_note: str = ""
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in ("last", "best"):
+            raise ValueError("must be 'last' or 'best'")
+        return v
+
+
+@dataclass
+class TeacherJob:
+    """A teacher to have in the store before the pair's runs start."""
+
+    config: str  # path as written in the suite (relative to the packaged configs)
+    overrides: list[str]
+    folder: Path  # run folder for its training
+
+    def load(self) -> RunConfig:
+        from distillab.runner import find_config
+
+        return load_config(find_config(self.config), self.overrides)
+
+
+@dataclass
+class RunSpec:
+    pair: str
+    label: str  # method name, or a variant's label
+    method: str  # the registered method the config uses
+    seed: int
+    config: str  # resolved path of the run's config file
+    overrides: list[str]
+    folder: Path
+    teacher: TeacherJob | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.pair}/{self.label}/seed{self.seed}"
+
+    def load(self) -> RunConfig:
+        return load_config(self.config, self.overrides)
+
+    def command(self) -> str:
+        return " ".join(["distillab distill", _display(self.config), *(_quote(o) for o in self.overrides)])
+
+
+def _display(path: str) -> str:
+    from distillab.runner import PACKAGED_CONFIGS
+
+    try:
+        return str(Path("configs") / Path(path).resolve().relative_to(PACKAGED_CONFIGS.resolve()))
+    except ValueError:
+        return path
+
+
+def _quote(text: str) -> str:
+    return f"'{text}'" if any(c in text for c in " {}[]\"") else text
+
+
+@dataclass
+class Suite:
+    name: str
+    spec: SuiteSpec
+    path: Path
+
+    def teacher_jobs(self, out: Path, extra: list[str]) -> dict[str, TeacherJob]:
+        """One job per distinct teacher config (several pairs may share a teacher)."""
+        jobs: dict[str, TeacherJob] = {}
+        for pair in self.spec.pairs:
+            if pair.teacher and pair.teacher not in jobs:
+                stem = Path(pair.teacher).stem
+                jobs[pair.teacher] = TeacherJob(pair.teacher, [*self.spec.overrides, *extra],
+                                                out / "teachers" / stem)
+        return jobs
+
+    def methods_of(self, pair: PairSpec) -> list[tuple[str, str | None]]:
+        """(label, config template or None) for every row of a pair, in the registry's order."""
+        from distillab.methods import METHODS
+
+        names = METHODS.names() if pair.methods == "all" else list(pair.methods)
+        for name in [*names, *pair.exclude]:
+            if name not in METHODS:
+                raise ConfigError(f"suite {self.name!r}, pair {pair.name!r}: "
+                                  + unknown_name_message("method", name, METHODS.names()))
+        rows = [(n, pair.configs.get(n)) for n in _ordered(names) if n not in pair.exclude]
+        rows += [(label, tmpl) for label, tmpl in pair.variants.items()]
+        return rows
+
+    def grid(self, out: str | Path, *, seeds: list[int] | None = None, methods: list[str] | None = None,
+             pairs: list[str] | None = None, extra: list[str] | None = None) -> tuple[list[RunSpec], dict[str, TeacherJob]]:
+        """Every run of the suite (filtered by ``seeds``/``methods``/``pairs``) with its config and folder."""
+        from distillab.runner import find_config
+
+        out = Path(out)
+        extra = list(extra or [])
+        teachers = self.teacher_jobs(out, extra)
+        known_pairs = [p.name for p in self.spec.pairs]
+        for p in pairs or []:
+            if p not in known_pairs:
+                raise ConfigError(unknown_name_message(f"pair of suite {self.name!r}", p, known_pairs))
+        runs: list[RunSpec] = []
+        seen_labels: set[str] = set()
+        for pair in self.spec.pairs:
+            if pairs and pair.name not in pairs:
+                continue
+            teacher = teachers.get(pair.teacher) if pair.teacher else None
+            fields = {"teacher": Path(pair.teacher).stem.removeprefix("teacher_") if pair.teacher else "",
+                      "student": pair.student["arch"]}
+            for label, template in self.methods_of(pair):
+                seen_labels.add(label)
+                if methods and label not in methods:
+                    continue
+                path = self._resolve(pair, label, template, fields, find_config)
+                row_overrides = pair.method_overrides.get(label, [])
+                base = [f"student.arch={pair.student['arch']}",
+                        f"student.options={json.dumps(pair.student['options'])}"]
+                tail = [*self.spec.overrides, *pair.overrides, *row_overrides, *self.spec.run_overrides, *extra]
+                base_cfg = load_config(path, row_overrides)
+                method, has_teacher = base_cfg.method.name, base_cfg.teacher is not None
+                tov = ([f"teacher.config={pair.teacher}", f"teacher.overrides={json.dumps(teacher.overrides)}"]
+                       if has_teacher and teacher is not None else [])
+                for seed in seeds if seeds is not None else self.spec.seeds:
+                    folder = out / "runs" / pair.name / label / f"seed{seed}"
+                    ov = [*base, *tail, *tov, f"seed={seed}", f"out_dir={folder.parent}", f"name={folder.name}",
+                          "train.progress=false"]
+                    runs.append(RunSpec(pair.name, label, method, seed, str(path), ov, folder,
+                                        teacher if has_teacher else None))
+        unknown_rows = {label for p in self.spec.pairs for label in p.method_overrides} - seen_labels
+        if unknown_rows and not pairs:
+            raise ConfigError(f"suite {self.name!r}: method_overrides name rows no pair has: {sorted(unknown_rows)}")
+        for m in methods or []:
+            if m not in seen_labels:
+                raise ConfigError(unknown_name_message(f"method of suite {self.name!r}", m, sorted(seen_labels)))
+        return runs, teachers
+
+    def _resolve(self, pair: PairSpec, label: str, template: str | None, fields: dict, find_config) -> Path:
+        candidates = [template] if template else list(pair.config)
+        tried = []
+        for tmpl in candidates:
+            text = tmpl.format(method=label, **fields)
+            tried.append(text)
+            try:
+                return find_config(text)
+            except ConfigError:
+                continue
+        raise ConfigError(f"suite {self.name!r}, pair {pair.name!r}, method {label!r}: no config found "
+                          f"(tried {', '.join(tried) or 'nothing: the pair has no `config` templates'})")
+
+    def reference(self, pair: str, label: str) -> float | None:
+        for p in self.spec.pairs:
+            if p.name == pair:
+                return p.reference.get(label)
+        return None
+
+    def pair(self, name: str) -> PairSpec:
+        return next(p for p in self.spec.pairs if p.name == name)
+
+
+def _ordered(names: list[str]) -> list[str]:
+    """Labels-only baseline first, then KD, then the rest in the given order."""
+    first = [n for n in ("ce", "kd") if n in names]
+    return first + [n for n in names if n not in first]
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """A shipped suite by name (``mnist1d``) or a suite YAML file."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = SUITES_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            names = available_suites()
+            hint = close_matches(str(name_or_path), names)
+            raise ConfigError(f"unknown suite {str(name_or_path)!r}" + (f": did you mean {hint[0]!r}?" if hint else "")
+                              + f" (shipped suites: {', '.join(names)}; or give a suite YAML file)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"suite file {str(path)!r} is not valid YAML: {exc}") from None
+    try:
+        spec = SuiteSpec.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"invalid suite file {str(path)!r}:"]
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            lines.append(f"  {loc}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+    names = [p.name for p in spec.pairs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"suite file {str(path)!r}: pair names must be unique (got {names})")
+    return Suite(path.stem, spec, path)
