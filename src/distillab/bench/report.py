@@ -88,7 +88,8 @@ def plot_bars(cells: list[Cell], path: Path, title: str, teacher: float | None, 
     ax.set_xlabel(f"test top-1 (%), {metric} epoch, mean ± std over seeds")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -198,7 +199,7 @@ def write_report(out: Path, suite, cells: list[Cell], runs: list[RunRow], teache
         for r in runs:
             if r.pair == pair and r.status == "done":
                 folders.setdefault(r.method, []).append(r.folder)
-        title = f"{pair}: teacher {spec.teacher or '-'} ({_num(teacher)}%), student {spec.student['arch']}"
+        title = f"{pair} (teacher {_num(teacher)}%)"
         bars = plot_bars(pcells, folder / f"bars_{pair}.png", title, teacher, metric)
         curves = plot_curves(pcells, folders, folder / f"curves_{pair}.png", pair)
         figures[f"bars_{pair}"], figures[f"curves_{pair}"] = bars, curves
