@@ -244,14 +244,16 @@ def test_ft_setup_errors():
 # ------------------------------------------------------------------------------------------- presets
 
 
-@pytest.mark.parametrize("method, term, train, lr, main", [
-    ("fsp", "fsp", ("student_body",), None, {"ce": 1.0}),
-    ("ab", "ab", ("ab", "student_body"), None, {"ce": 1.0}),
-    ("ft", "ft", ("ft.paraphraser",), 0.01, {"ce": 1.0, "ft": 200.0})])
-def test_presets_declare_the_init_stage(method, term, train, lr, main):
+@pytest.mark.parametrize("method, term, train, lr, main, mode", [
+    # RepDistiller's init: model_s.eval(), then init_modules.train(); FSP's and AB's init modules hold the
+    # student's feature modules (train mode), FT's only the paraphraser (the student stays in eval mode)
+    ("fsp", "fsp", ("student_body",), None, {"ce": 1.0}, "train"),
+    ("ab", "ab", ("ab", "student_body"), None, {"ce": 1.0}, "train"),
+    ("ft", "ft", ("ft.paraphraser",), 0.01, {"ce": 1.0, "ft": 200.0}, "eval")])
+def test_presets_declare_the_init_stage(method, term, train, lr, main, mode):
     (stage,) = METHODS.get(method).stages
     assert (stage.name, stage.epochs, stage.weights, stage.train, stage.lr, stage.student_mode) == \
-        ("init", 30, {term: 1.0}, train, lr, "eval")
+        ("init", 30, {term: 1.0}, train, lr, mode)
     objective = build_objective(MethodConfig(name=method))
     assert objective.weights == main and term in objective.terms  # FSP / AB: CE only in the main stage
     objective.use_stage("init")

@@ -25,7 +25,9 @@ class StageSpec:
     train: what the stage's optimiser updates: ``"student"`` (all of it), ``"student_body"`` (all but the
         classifier head, RepDistiller's ``get_feat_modules``), a term name, or ``"term.submodule"``.
     lr: constant learning rate of the stage (None: ``optim.lr``); same optimiser type as the main stage.
-    student_mode: ``"eval"`` keeps the student's BatchNorm statistics frozen, as RepDistiller's init does.
+    student_mode: ``"eval"`` keeps the student's BatchNorm statistics frozen (RepDistiller's init for FT,
+        whose stage does not train the student); ``"train"`` where the stage trains the student body (its
+        init for FSP and AB puts the body's modules back in train mode).
     """
 
     name: str

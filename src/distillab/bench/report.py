@@ -180,6 +180,8 @@ def write_report(out: Path, suite, cells: list[Cell], runs: list[RunRow], teache
     md = [f"# Benchmark suite `{suite.name}`", ""]
     if suite.spec.description:
         md += [suite.spec.description.strip(), ""]
+    if suite.spec.hardware_note:
+        md += [suite.spec.hardware_note.strip(), ""]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     md += [f"- command: `{command}`",
            f"- made: {stamp}" + (f"; wall time of the invocation that wrote it {wall_s / 60:.1f} min" if wall_s else ""),

@@ -76,8 +76,9 @@ class FSP(LossTerm):
     untrained deep one (eval-mode BN at its initial statistics) diverges within a few steps.
 
     Preset ``fsp`` (RepDistiller ``--distill fsp``): a 30-epoch ``init`` stage trains the student body
-    (``get_feat_modules``: all but the classifier) on this loss alone, with the student in eval mode and
-    lr = ``optim.lr``; the main stage is CE only. RepDistiller's CIFAR-100 command passes ``-b 50``,
+    (``get_feat_modules``: all but the classifier) on this loss alone, with the student body in train
+    mode (RepDistiller's ``init`` calls ``model_s.eval()`` and then ``init_modules.train()``, and the init
+    modules hold the student's feature modules, so their BatchNorm trains) and lr = ``optim.lr``; the main stage is CE only. RepDistiller's CIFAR-100 command passes ``-b 50``,
     but its main loop sets the FSP loss to 0 (``loss_kd = 0``), so the weight is never used.
     """
 
@@ -160,8 +161,8 @@ class ActivationBoundary(LossTerm):
         True builds the conv + BN connector there too, the learnt r(.) of the paper's formulation.
 
     Preset ``ab`` (RepDistiller ``--distill abound``): a 30-epoch ``init`` stage trains the connectors
-    and the student body on this loss alone (student in eval mode, connectors' BN in train mode,
-    lr = ``optim.lr``); the main stage is CE only (RepDistiller's main loop sets the AB loss to 0, so its
+    and the student body on this loss alone (student body and connectors in train mode, as RepDistiller's
+    ``init_modules.train()`` leaves them; lr = ``optim.lr``); the main stage is CE only (RepDistiller's main loop sets the AB loss to 0, so its
     ``-b`` weight is unused).
     """
 
@@ -341,14 +342,14 @@ register_method(
     "FSP: 30 init epochs fit the student body to the teacher's FSP matrices, then CE only",
     {"ce": ("ce", 1.0), "fsp": ("fsp", 0.0)},
     reference="Yim et al. 2017; RepDistiller --distill fsp -a 0 -b 50 (b unused), helper/pretrain.py",
-    stages=(StageSpec("init", INIT_EPOCHS, {"fsp": 1.0}, train=("student_body",), student_mode="eval"),),
+    stages=(StageSpec("init", INIT_EPOCHS, {"fsp": 1.0}, train=("student_body",)),),
 )
 register_method(
     "ab",
     "AB: 30 init epochs fit connectors + student body to activation boundaries, then CE only",
     {"ce": ("ce", 1.0), "ab": ("ab", 0.0)},
     reference="Heo et al. 2019 (arXiv 1811.03233); RepDistiller --distill abound, helper/pretrain.py",
-    stages=(StageSpec("init", INIT_EPOCHS, {"ab": 1.0}, train=("ab", "student_body"), student_mode="eval"),),
+    stages=(StageSpec("init", INIT_EPOCHS, {"ab": 1.0}, train=("ab", "student_body")),),
 )
 register_method(
     "ft",
