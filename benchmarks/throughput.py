@@ -321,7 +321,15 @@ def measure_methods(args: argparse.Namespace, argv: list[str]) -> dict:
     results: dict[str, dict] = {}
     tic = time.perf_counter()
     for method in methods:
-        r = measure_method(method, args, device)
+        try:
+            r = measure_method(method, args, device)
+        except Exception as exc:  # noqa: BLE001 - one method's failure must not lose the others' figures
+            results[method] = {"method": method, "error": f"{type(exc).__name__}: {exc}"}
+            print(row([method, "-", "-", "-", "-", f"failed: {type(exc).__name__}: {str(exc)[:120]}"], widths),
+                  flush=True)
+            if method == REFERENCE:
+                raise
+            continue
         r["relative_to_kd"] = r["ms_per_step"] / results.get(REFERENCE, r)["ms_per_step"]
         results[method] = r
         hook = "-" if r["epoch_start_ms"] is None else f"{r['epoch_start_ms']:.0f}"
@@ -335,7 +343,7 @@ def measure_methods(args: argparse.Namespace, argv: list[str]) -> dict:
                    f"{again['ms_per_step'] / results[REFERENCE]['ms_per_step']:.2f}", "-", "drift check"], widths))
     wall_s = time.perf_counter() - tic
     for method, r in results.items():
-        for text in r["warnings"]:
+        for text in r.get("warnings", []):
             print(f"warning ({method}): {text}")
     print(f"ms/step: engine step (loader, augmentation, teacher forward, student forward, loss terms, backward, "
           f"SGD step, metric sums).\nepoch-start ms: one on_epoch_start before epoch 1 (RDX mining or ranking of "
