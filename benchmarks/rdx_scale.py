@@ -30,6 +30,7 @@ import torch
 
 import distillab
 from distillab.rdx import mine
+from distillab.runner import cpu_name
 
 WARMUP_N = 256  # samples of the untimed first pass that loads the kernels
 
@@ -96,17 +97,6 @@ def worker_command(args: argparse.Namespace, n: int) -> list[str]:
 
 def parse_gamma(text: str) -> float | str:
     return text if text == "auto" else float(text)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

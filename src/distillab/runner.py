@@ -114,6 +114,18 @@ def default_name(cfg: RunConfig) -> str:
     return f"{cfg.method.name}-{cfg.student.arch}-{cfg.data.name}-s{cfg.seed}"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def versions() -> dict:
     return {"distillab": distillab.__version__, "torch": torch.__version__, "python": platform.python_version()}
 

@@ -16,7 +16,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from distillab.bench.execute import DONE, FAILED, PARTIAL, run_state
+from distillab.bench.execute import DONE, PARTIAL, run_state
 from distillab.bench.suite import RunSpec
 
 BASELINE = "ce"
@@ -67,11 +67,9 @@ def read_run(spec: RunSpec) -> RunRow:
         row.teacher_top1, row.train_time_s = s.get("teacher_top1"), s.get("train_time_s")
     elif error_file.is_file():
         row.status = "failed"
-        row.error = error_file.read_text().strip().splitlines()[0] if error_file.read_text().strip() else "failed"
+        row.error = next(iter(error_file.read_text().strip().splitlines()), "") or "failed"
     elif state == PARTIAL:
         row.status = "partial"
-    elif state == FAILED:  # pragma: no cover - covered by error_file above
-        row.status = "failed"
     return row
 
 

@@ -9,6 +9,7 @@ an existing folder is refused instead of mixing two settings in one table.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -68,40 +69,45 @@ def _clear(folder: Path) -> None:
             shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
+def _train_in(folder: Path, cfg) -> tuple[dict, bool]:
+    """Train ``cfg`` in ``folder``: resume it when it holds a checkpoint, else start afresh in the emptied
+    folder (a previous failure's error.txt goes too; a new failure writes its own). (summary, resumed)."""
+    from distillab.runner import run
+
+    if run_state(folder) == PARTIAL:
+        return run(cfg, resume=folder, progress=False)[0], True
+    _clear(folder)
+    return run(cfg, progress=False, run_dir=folder)[0], False
+
+
+def _record_failure(folder: Path, exc: BaseException) -> str:
+    """Write the error and its traceback to ``folder/error.txt``; return the one-line error."""
+    folder.mkdir(parents=True, exist_ok=True)
+    line = f"{type(exc).__name__}: {exc}"
+    (folder / "error.txt").write_text(f"{line}\n\n{traceback.format_exc()}")
+    return line
+
+
 def execute_run(spec: RunSpec, threads: int | None = None) -> Outcome:
     """Train (or resume) one run in this process; an exception becomes a failed outcome and ``error.txt``."""
     import torch
 
-    from distillab.runner import run
-
     if threads:
         torch.set_num_threads(threads)
-    state = run_state(spec.folder)
-    if state == DONE:
+    if run_state(spec.folder) == DONE:
         return Outcome(spec.key, "skipped")
     tic = time.perf_counter()
     try:
-        cfg = spec.load()
-        if state == PARTIAL:
-            summary, _ = run(cfg, resume=spec.folder, progress=False)
-        else:
-            _clear(spec.folder)
-            # a previous failure's error.txt goes now (the folder must be empty); a new failure writes its own
-            (spec.folder / "error.txt").unlink(missing_ok=True)
-            summary, _ = run(cfg, progress=False, run_dir=spec.folder)
-        return Outcome(spec.key, "done", summary.get("test_top1"), time.perf_counter() - tic, resumed=state == PARTIAL)
+        summary, resumed = _train_in(spec.folder, spec.load())
+        return Outcome(spec.key, "done", summary.get("test_top1"), time.perf_counter() - tic, resumed=resumed)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, none is dropped
-        spec.folder.mkdir(parents=True, exist_ok=True)
-        text = f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
-        (spec.folder / "error.txt").write_text(text)
-        return Outcome(spec.key, "failed", None, time.perf_counter() - tic, error=f"{type(exc).__name__}: {exc}")
+        return Outcome(spec.key, "failed", None, time.perf_counter() - tic, error=_record_failure(spec.folder, exc))
 
 
 def ensure_teacher(job: TeacherJob, report: Callable[[str], None]) -> tuple[bool, str]:
     """Train the teacher unless the store has it; (ok, message)."""
-    from distillab.runner import run
     from distillab.store import TeacherStore
 
     try:
@@ -110,28 +116,19 @@ def ensure_teacher(job: TeacherJob, report: Callable[[str], None]) -> tuple[bool
         found = store.find(cfg)
         if found is not None:
             return True, f"teacher {job.config}: in the store ({found})"
-        state = run_state(job.folder)
         tic = time.perf_counter()
-        if state == DONE:
-            import json
-
+        if run_state(job.folder) == DONE:
             summary = json.loads((job.folder / "summary.json").read_text())
-        elif state == PARTIAL:
-            summary, _ = run(cfg, resume=job.folder, progress=False)
         else:
-            _clear(job.folder)
-            (job.folder / "error.txt").unlink(missing_ok=True)
             report(f"training teacher {job.config} ...")
-            summary, _ = run(cfg, progress=False, run_dir=job.folder)
+            summary, _ = _train_in(job.folder, cfg)
         path = store.put(cfg, job.folder / "model.pt", summary)
         return True, (f"teacher {job.config}: trained, test top-1 {summary['test_top1']:.2f} "
                       f"({time.perf_counter() - tic:.0f} s), stored at {path}")
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001
-        job.folder.mkdir(parents=True, exist_ok=True)
-        (job.folder / "error.txt").write_text(f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}")
-        return False, f"teacher {job.config} failed: {type(exc).__name__}: {exc}"
+        return False, f"teacher {job.config} failed: {_record_failure(job.folder, exc)}"
 
 
 def _init_worker(threads: int) -> None:
@@ -190,7 +187,7 @@ def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, worker
     per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                              initializer=_init_worker, initargs=(per_worker,)) as pool:
-        futures = {pool.submit(execute_run, spec, per_worker): spec for spec in todo}
+        futures = {pool.submit(execute_run, spec): spec for spec in todo}
         for fut in as_completed(futures):
             spec = futures[fut]
             try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -151,19 +150,10 @@ def environment() -> dict:
 
     import torch
 
-    import distillab
+    from distillab.runner import cpu_name, versions
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"distillab": distillab.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "cpu": cpu, "cores": os.cpu_count(), "gpu": gpu or "none"}
+    return {**versions(), "cpu": cpu_name(), "cores": os.cpu_count(), "gpu": gpu or "none"}
 
 
 def write_report(out: Path, suite, cells: list[Cell], runs: list[RunRow], teachers: dict[str, float | None],
