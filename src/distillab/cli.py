@@ -35,6 +35,7 @@ def _split(config: Optional[str], overrides: List[str], resume: Optional[Path]) 
 
 def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], teacher_mode: bool,
            store_result: bool = True) -> None:
+    from distillab.engine.dist import DistInfo
     from distillab.runner import find_config, load_run_config, run
     from distillab.store import TeacherStore
 
@@ -50,6 +51,8 @@ def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], 
             raise ConfigError("train-teacher trains on labels alone: remove `teacher` from the config "
                               "(use `distillab distill` to train against a teacher)")
         summary, run_dir = run(cfg, resume=resume, console=console, label="teacher" if teacher_mode else "distill")
+        if not DistInfo.from_env().is_main:  # under torchrun, rank 0 stores and reports
+            return
         if teacher_mode and store_result:
             path = TeacherStore(cfg.store).put(cfg, run_dir / "model.pt", summary)
             console.print(f"stored teacher: {path}")

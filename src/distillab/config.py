@@ -30,8 +30,16 @@ class DataConfig(Section):
     download: bool = False  # fetch missing archives from their official address (MD5-checked)
     augment: bool = True  # batched training augmentation of the data set (crop+flip, 1-D shift)
     on_device: bool = True  # keep in-memory data sets on the training device (no host->device copies)
+    augment_variants: int | None = None  # FKD style: R fixed augmentation draws per sample, one picked per epoch
     num_workers: int = 0  # DataLoader workers for data sets that are not held in memory
     options: dict[str, Any] = Field(default_factory=dict)  # data-set-specific keyword options
+
+    @field_validator("augment_variants")
+    @classmethod
+    def _variants(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("must be at least 1 (or null: a fresh draw every epoch)")
+        return v
 
 
 class ModelConfig(Section):
@@ -81,7 +89,12 @@ class TrainConfig(Section):
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     wandb_project: str | None = None  # also log to this Weights & Biases project (needs the wandb extra)
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
-    drop_last: bool = False
+    drop_last: bool = False  # drop the last partial batch (static shapes: one compiled graph instead of two)
+    compile: bool = False  # torch.compile the student and the teacher (opt-in: minutes of compilation first)
+    sync_bn: bool = False  # under DDP on CUDA: SyncBatchNorm in the student (BN statistics over the global batch)
+    teacher_cache: bool = False  # FKD-style cache of teacher outputs keyed by sample and augmentation
+    teacher_cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # storage type of cached outputs
+    teacher_cache_max_gb: float = 4.0  # refuse a cache larger than this (bound it with data.augment_variants)
 
     @field_validator("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "eval_every")
     @classmethod
@@ -153,10 +166,23 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+SHORTHAND_SECTIONS = ("train", "optim", "data")  # `device=cpu` means `train.device=cpu`
+
+
+def expand_shorthand(path: list[str]) -> list[str]:
+    """A one-word key that is not a top-level field but names a field of exactly one section
+    (``device``, ``epochs``, ``lr``, ...) stands for that field; anything else is returned unchanged."""
+    if len(path) != 1 or path[0] in RunConfig.model_fields:
+        return path
+    owners = [sec for sec in SHORTHAND_SECTIONS if path[0] in _section_fields(RunConfig, [sec])]
+    return [owners[0], path[0]] if len(owners) == 1 else path
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     out = copy.deepcopy(raw)
     for text in overrides:
         path, value = parse_override(text)
+        path = expand_shorthand(path)
         node = out
         for part in path[:-1]:
             nxt = node.get(part)

@@ -14,6 +14,7 @@ import distillab
 from distillab.config import ConfigError, ModelConfig, RunConfig, load_config, to_yaml
 from distillab.data import DataBundle, build_dataset
 from distillab.engine.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from distillab.engine import dist as comm
 from distillab.engine.dist import DistInfo
 from distillab.engine.progress import TrainingProgress
 from distillab.engine.rundir import create_run_dir, write_json_atomic
@@ -132,12 +133,56 @@ def versions() -> dict:
 
 def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: bool | None = None,
         report: Callable[[str], None] | None = None, label: str = "train",
-        run_dir: Path | None = None) -> tuple[dict, Path]:
+        run_dir: Path | None = None) -> tuple[dict, Path | None]:
     """Train one run to the end; return (summary, run folder). ``resume`` is an existing run folder;
-    ``run_dir`` names the new run's folder exactly (it must not exist yet, or be empty)."""
+    ``run_dir`` names the new run's folder exactly (it must not exist yet, or be empty).
+
+    Under ``torchrun`` (WORLD_SIZE > 1) every process calls this: the process group is joined here, rank 0
+    alone creates the folder, reports, logs and writes checkpoints, and the other ranks return the same
+    summary with the same folder."""
     dist = DistInfo.from_env()
+    device = resolve_device(cfg.train.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
+    comm.init_process_group(dist, device)
+    try:
+        return _run(cfg, dist, device, resume=resume, console=console, progress=progress,
+                    report=report if dist.is_main else (lambda _msg: None), label=label, run_dir=run_dir)
+    finally:
+        comm.destroy_process_group()
+
+
+def _prepare_run_dir(cfg: RunConfig, dist: DistInfo, resume: Path | None, run_dir: Path | None) -> Path:
+    """The run folder: rank 0 checks or creates it, and every rank learns the outcome (path or error)."""
+    outcome: tuple[str, str]
+    if dist.is_main:
+        try:
+            if resume is not None:
+                folder = Path(resume)
+                if not (folder / "checkpoints" / "last.pt").is_file():
+                    raise CheckpointError(f"cannot resume {folder}: it holds no checkpoints/last.pt")
+            elif run_dir is not None:
+                folder = Path(run_dir)
+                if folder.exists() and any(folder.iterdir()):
+                    raise ConfigError(f"run folder {folder} already holds files: resume it, or pick another folder")
+                folder.mkdir(parents=True, exist_ok=True)
+            else:
+                folder = create_run_dir(cfg.out_dir, cfg.name or default_name(cfg))
+            outcome = ("ok", str(folder))
+        except (ConfigError, CheckpointError) as exc:
+            outcome = (type(exc).__name__, str(exc))
+    outcome = comm.broadcast_object(outcome if dist.is_main else None)
+    if outcome[0] != "ok":
+        raise (CheckpointError if outcome[0] == "CheckpointError" else ConfigError)(outcome[1])
+    return Path(outcome[1])
+
+
+def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path | None, console,
+         progress: bool | None, report: Callable[[str], None] | None, label: str,
+         run_dir: Path | None) -> tuple[dict, Path]:
     report = report or (lambda msg: console.print(msg) if console is not None else None)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same seed on every rank: identical initial weights, banks and queues
     if cfg.train.deterministic:
         # process-wide switches: deterministic kernels (and cuBLAS workspace) for bit-reproducible GPU runs
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -150,24 +195,11 @@ def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: b
     if objective.needs_teacher and teacher is None:
         raise ConfigError(f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint or teacher.config")
     student = build_model(cfg.student, data, "student")
-    device = resolve_device(cfg.train.device)
 
-    if resume is not None:
-        run_dir = Path(resume)
-        ckpt = run_dir / "checkpoints" / "last.pt"
-        if not ckpt.is_file():
-            raise CheckpointError(f"cannot resume {run_dir}: it holds no checkpoints/last.pt")
-    elif run_dir is not None:
-        run_dir = Path(run_dir)
-        if dist.is_main:
-            if run_dir.exists() and any(run_dir.iterdir()):
-                raise ConfigError(f"run folder {run_dir} already holds files: resume it, or pick another folder")
-            run_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        run_dir = create_run_dir(cfg.out_dir, cfg.name or default_name(cfg)) if dist.is_main else None
-    if run_dir is not None and dist.is_main:
+    run_dir = _prepare_run_dir(cfg, dist, resume, run_dir)
+    if dist.is_main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        report(f"run folder: {run_dir}")
+        report(f"run folder: {run_dir}" + (f" ({dist.world_size} processes)" if dist.enabled else ""))
 
     trainer = Trainer(cfg, student=student, objective=objective, data=data, teacher=teacher, run_dir=run_dir,
                       device=device, dist=dist, reporter=report)
@@ -178,12 +210,14 @@ def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: b
     summary = trainer.fit(factory)
     summary.update({"run": str(run_dir), "method": cfg.method.name, "student": cfg.student.arch,
                     "teacher": _teacher_name(cfg), "data": cfg.data.name, "seed": cfg.seed,
-                    "student_params": sum(p.numel() for p in student.parameters()), "versions": versions()})
-    if dist.is_main and run_dir is not None:
+                    "student_params": sum(p.numel() for p in student.parameters()), "versions": versions(),
+                    "world_size": dist.world_size})
+    if dist.is_main:
         save_atomic({"model": trainer.student.state_dict(), "arch": cfg.student.arch, "options": cfg.student.options,
                      "num_classes": data.num_classes, "data": cfg.data.name, "test_top1": summary["test_top1"],
                      "config": cfg.model_dump(mode="json")}, run_dir / "model.pt")
         write_json_atomic(run_dir / "summary.json", summary)
+    comm.barrier()  # the other ranks return once the folder is complete
     return summary, run_dir
 
 

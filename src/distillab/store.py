@@ -17,7 +17,10 @@ from distillab.engine.rundir import write_json_atomic
 
 # Settings that change where data lives or how fast it is read, not what is learned: not in the key.
 _UNKEYED_DATA = {"root", "download", "on_device", "num_workers"}
-_UNKEYED_TRAIN = {"device", "progress", "tensorboard", "checkpoint_every", "eval_every", "eval_batch_size"}
+_UNKEYED_TRAIN = {"device", "progress", "tensorboard", "checkpoint_every", "eval_every", "eval_batch_size",
+                  "compile", "sync_bn", "teacher_cache", "teacher_cache_dtype", "teacher_cache_max_gb"}
+# Settings added later: in the key only when set away from their default, so older keys stay valid.
+_KEYED_UNLESS_DEFAULT = {"data": {"augment_variants": None}}
 
 
 def default_store() -> Path:
@@ -28,6 +31,10 @@ def default_store() -> Path:
 def teacher_key(cfg: RunConfig) -> str:
     """A short hash of everything that shapes the trained teacher."""
     d = cfg.model_dump(mode="json")
+    for section, defaults in _KEYED_UNLESS_DEFAULT.items():
+        for key, default in defaults.items():
+            if d[section].get(key, default) == default:
+                d[section].pop(key, None)
     material = {
         "data": {k: v for k, v in d["data"].items() if k not in _UNKEYED_DATA},
         "model": {"arch": d["student"]["arch"], "options": d["student"]["options"]},

@@ -1,9 +1,16 @@
 """Batching: in-memory data sets are indexed as tensors on the device; others go through a DataLoader.
 
 Shuffling is seeded by ``(seed, epoch)``, so a resumed run sees the same order as an uninterrupted
-one without saving generator state. With several ranks, each takes every ``world_size``-th sample of
-the shared permutation (padded to equal length), as ``DistributedSampler`` does. A data schedule can
-restrict training to a subset of sample indices with :meth:`BatchLoader.set_subset`.
+one without saving generator state. A data schedule can restrict training to a subset of sample indices
+with :meth:`BatchLoader.set_subset`.
+
+With W ranks (``dist``) and a per-rank batch B, the shared order is padded to a multiple of W (with its
+first samples, as ``DistributedSampler`` pads) and cut into *global* batches of W * B samples; rank r
+takes the r-th contiguous slice of each. The global batch, gathered in rank order, is then exactly the
+batch a single process with batch W * B would draw, which is what lets memory banks, samplers and
+augmentation draws be made for the global batch and stay identical on every rank
+(:mod:`distillab.engine.dist`). ``shard="split"`` (evaluation, feature extraction) instead gives each
+rank one contiguous share of the order, unpadded.
 """
 
 from __future__ import annotations
@@ -28,7 +35,10 @@ def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | s
 class BatchLoader:
     def __init__(self, dataset: Dataset, batch_size: int, *, device: torch.device, shuffle: bool, seed: int = 0,
                  drop_last: bool = False, num_workers: int = 0, on_device: bool = True,
-                 dist: DistInfo = DistInfo()) -> None:
+                 dist: DistInfo = DistInfo(), shard: str = "global_batches") -> None:
+        if shard not in ("global_batches", "split"):
+            raise ValueError(f"shard must be 'global_batches' or 'split', got {shard!r}")
+        self.shard = shard
         self.batch_size = batch_size
         self.device = device
         self.shuffle = shuffle
@@ -55,18 +65,35 @@ class BatchLoader:
         if self.shuffle:
             perm = torch.randperm(len(base), generator=epoch_generator(self.seed, self.epoch, 0))
             base = base[perm]
-        if self.dist.world_size > 1:
-            per_rank = math.ceil(len(base) / self.dist.world_size)
-            pad = per_rank * self.dist.world_size - len(base)
+        w = self.dist.world_size
+        if w > 1 and self.shard == "split":
+            per, extra = divmod(len(base), w)
+            start = self.dist.rank * per + min(self.dist.rank, extra)
+            return base[start:start + per + (1 if self.dist.rank < extra else 0)]
+        if w > 1:
+            pad = math.ceil(len(base) / w) * w - len(base)
             if pad:
-                base = torch.cat([base, base[:pad]])
-            base = base[self.dist.rank::self.dist.world_size]
+                base = torch.cat([base, base[:pad].repeat(math.ceil(pad / max(len(base), 1)))[:pad]])
+            per_rank = []
+            g = self.batch_size * w
+            for start in range(0, len(base), g):
+                chunk = base[start:start + g]
+                if self.drop_last and len(chunk) < g:
+                    break
+                share = len(chunk) // w
+                per_rank.append(chunk[self.dist.rank * share:(self.dist.rank + 1) * share])
+            base = torch.cat(per_rank) if per_rank else base[:0]
         return base
 
     def __len__(self) -> int:
         n = len(self.subset) if self.subset is not None else len(self.dataset)
-        n = math.ceil(n / self.dist.world_size)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        w = self.dist.world_size
+        if w > 1 and self.shard == "split":
+            n = n // w + (1 if self.dist.rank < n % w else 0)
+            return math.ceil(n / self.batch_size)
+        n = math.ceil(n / w) * w
+        g = self.batch_size * w
+        return n // g if self.drop_last else math.ceil(n / g)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         order = self._order()

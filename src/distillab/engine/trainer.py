@@ -21,11 +21,14 @@ from torch import nn
 
 from distillab.config import RunConfig
 from distillab.data.base import DataBundle
+from distillab.data.augment import AugmentPlan, take_params
 from distillab.engine.checkpoint import load_checkpoint, save_atomic
+from distillab.engine import dist as comm
 from distillab.engine.dist import DistInfo
 from distillab.engine.loader import BatchLoader, epoch_generator
 from distillab.engine.logger import MetricsLogger, read_metrics
 from distillab.engine.schedule import build_optimizer, build_scheduler
+from distillab.engine.teacher_cache import TeacherCache
 from distillab.features import FeatureTaps, probe_shapes, resolve_feature
 from distillab.losses import Batch, EpochContext, ModelOutputs, SetupContext
 from distillab.methods import StageSpec
@@ -61,6 +64,39 @@ class EpochState:
 
     def non_finite(self) -> list[str]:
         return [k for k, v in self.sums.items() if not torch.isfinite(v).all()]
+
+    def reduce(self) -> None:
+        """Sum the counts and sums over ranks (one collective), so every rank holds the global epoch."""
+        if not comm.is_distributed() or self.correct is None:
+            return
+        keys = sorted(self.sums)
+        flat = torch.stack([torch.tensor(float(self.samples), device=self.correct.device),
+                            self.correct.float(), *(self.sums[k].float() for k in keys)])
+        comm.all_reduce_(flat)
+        self.samples, self.correct = int(flat[0].item()), flat[1]
+        self.sums = {k: flat[2 + i] for i, k in enumerate(keys)}
+
+
+def _no_forward_buffer_sync() -> dict:
+    """DDP keyword for "sync buffers once at construction, never in forward" across torch versions."""
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+class StudentStep(nn.Module):
+    """The student and the objective's trainable modules as one module, so that one
+    DistributedDataParallel wrapper averages all their gradients. ``forward(x, finish)`` runs the student
+    and hands its logits to ``finish`` (which builds the batch and evaluates the objective)."""
+
+    def __init__(self, student: nn.Module, objective: Objective) -> None:
+        super().__init__()
+        self.student = student
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor, finish: Callable[[torch.Tensor], tuple]) -> tuple:
+        return finish(self.student(x))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,6 +153,11 @@ class Trainer:
             raise ValueError(f"method {cfg.method.name!r} needs a teacher: set `teacher` in the config")
 
         self.student = student.to(self.device)
+        if dist.enabled and cfg.train.sync_bn:
+            if self.device.type != "cuda":
+                raise ValueError("train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernel): set "
+                                 "train.sync_bn=false on CPU")
+            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
         if self.memory_format is not None:
             self.student = self.student.to(memory_format=self.memory_format)
         self.teacher = None
@@ -137,13 +178,31 @@ class Trainer:
                             if self.teacher is not None else {}),
             data=data, train_labels=train_labels, student=self.student, teacher=self.teacher))
         self.objective.to(self.device)
+        if cfg.train.compile:  # in place: the modules (and the feature hooks on their submodules) stay the same
+            self.student.compile()
+            if self.teacher is not None:
+                self.teacher.compile()
 
         t = cfg.train
+        # DDP: one wrapper over the student and the objective's modules (the teacher is replicated, not wrapped).
+        # Buffers are not broadcast: memory banks and queues are kept identical by the terms themselves
+        # (gathering the global batch), BatchNorm statistics are averaged before evaluations and checkpoints.
+        self.step_module: nn.Module = StudentStep(self.student, self.objective)
+        if dist.enabled:
+            self.step_module = nn.parallel.DistributedDataParallel(
+                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                # some modules get no gradient in some steps: pre-training stages train a part, and a term may
+                # own a head whose output only feeds a memory bank (RDD's teacher head, as in its reference)
+                find_unused_parameters=True, **_no_forward_buffer_sync())
         self.train_loader = BatchLoader(data.train, t.batch_size, device=self.device, shuffle=True, seed=cfg.seed,
                                         drop_last=t.drop_last, num_workers=cfg.data.num_workers,
                                         on_device=cfg.data.on_device, dist=dist)
         self.test_loader = BatchLoader(data.test, t.eval_batch_size, device=self.device, shuffle=False,
-                                       num_workers=cfg.data.num_workers, on_device=cfg.data.on_device)
+                                       num_workers=cfg.data.num_workers, on_device=cfg.data.on_device, dist=dist,
+                                       shard="split")
+        self.augment = AugmentPlan(data.augment if cfg.data.augment else None, len(data.train),
+                                   variants=cfg.data.augment_variants, seed=cfg.seed, device=self.device)
+        self.teacher_cache = self._build_teacher_cache() if t.teacher_cache and self.teacher is not None else None
         self.optimizer = build_optimizer(list(self.student.parameters()) + list(self.objective.parameters()),
                                          cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.epochs)
@@ -208,6 +267,55 @@ class Trainer:
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
 
+    def _build_teacher_cache(self) -> TeacherCache:
+        """The teacher-output cache (``train.teacher_cache``): logits and pooled teacher features only."""
+        shapes = probe_shapes(self.teacher, self.teacher_taps, self.data.input_shape, self.device)
+        maps = sorted(n for n, shape in shapes.items() if len(shape) > 2)
+        if maps:
+            raise ValueError(
+                f"train.teacher_cache stores teacher logits and pooled feature vectors, but method "
+                f"{self.cfg.method.name!r} reads teacher feature maps ({', '.join(maps)}): turn the cache off")
+        with torch.no_grad():
+            logits = self.teacher(torch.zeros(1, *self.data.input_shape, device=self.device))
+        dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        return TeacherCache(len(self.data.train), self.augment.key_space, logits.shape[1],
+                            {n: tuple(shape[1:]) for n, shape in shapes.items()},
+                            dtype=dtypes[self.cfg.train.teacher_cache_dtype], device=self.device,
+                            max_bytes=int(self.cfg.train.teacher_cache_max_gb * 2**30))
+
+    def _augmented_batch(self, x: torch.Tensor, idx: torch.Tensor,
+                         generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Normalised, augmented batch and the augmentation keys of its samples (None if not keyed).
+
+        The parameters are drawn for the global batch (all ranks' indices, in rank order) from the epoch's
+        shared generator, and this rank's rows taken: every rank draws what one process would."""
+        x = self.data.test_transform(x)
+        if not self.augment.active:
+            return x, (torch.zeros_like(idx) if self.teacher_cache is not None else None)
+        if not self.augment.keyed:
+            return self.augment.augment_plain(x, generator), None
+        global_idx = comm.gather_cat(idx)
+        params, keys = self.augment.draw(global_idx, generator)
+        if comm.is_distributed():
+            rows = comm.local_slice(len(global_idx))
+            params, keys = take_params(params, rows), keys[rows]
+        return self.augment.apply(x, params), keys
+
+    def _teacher_outputs(self, x: torch.Tensor, idx: torch.Tensor, keys: torch.Tensor | None,
+                         taps: FeatureTaps) -> ModelOutputs:
+        def forward(rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            logits = self.teacher(x if rows is None else x[rows])
+            return logits, taps.pop()
+
+        with torch.no_grad():
+            if self.teacher_cache is None:
+                return ModelOutputs(*forward())
+            if keys is None:
+                raise ValueError("train.teacher_cache needs an augmentation with keyed parameters "
+                                 "(RandomCropFlip, RandomShift1D) or data.augment=false")
+            logits, feats = self.teacher_cache.fetch(self.teacher_cache.keys(idx, keys), forward)
+            return ModelOutputs(logits, feats)
+
     def train_epoch(self, epoch: int, progress: Callable[[int, EpochState], None] | None = None, *,
                     optimizer: torch.optim.Optimizer | None = None, scheduler=None,
                     student_mode: str = "train") -> EpochState:
@@ -226,23 +334,25 @@ class Trainer:
             for step, (x, y, idx) in enumerate(self.train_loader, start=1):
                 if scheduler is not None:
                     scheduler.set(epoch - 1 + (step - 1) / steps)
-                x = self._prepare(self.data.train_transform(x, aug_gen) if self.cfg.data.augment
-                                  else self.data.test_transform(x))
+                x, keys = self._augmented_batch(x, idx, aug_gen)
+                x = self._prepare(x)
                 with self._autocast():
-                    teacher_out = None
-                    if self.teacher is not None:
-                        with torch.no_grad():
-                            t_logits = self.teacher(x)
-                            teacher_out = ModelOutputs(t_logits, t_taps.pop())
-                    s_logits = self.student(x)
-                    batch = Batch(x, y, idx, ModelOutputs(s_logits, s_taps.pop()), teacher_out, epoch, stage)
-                    total, logs = self.objective(batch)
+                    teacher_out = (self._teacher_outputs(x, idx, keys, t_taps)
+                                   if self.teacher is not None else None)
+
+                    def finish(s_logits: torch.Tensor) -> tuple:
+                        batch = Batch(x, y, idx, ModelOutputs(s_logits, s_taps.pop()), teacher_out, epoch, stage)
+                        return (*self.objective(batch), s_logits)
+
+                    total, logs, s_logits = self.step_module(x, finish)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
                 state.add(len(y), (s_logits.detach().argmax(1) == y).sum(), total, logs)
                 if progress is not None:
                     progress(step, state)
+        state.reduce()
+        self.sync_batchnorm_stats()
         bad = state.non_finite()
         if bad:
             where = f"stage {stage!r}, epoch {epoch}" if stage else f"epoch {epoch}"
@@ -250,6 +360,17 @@ class Trainer:
                 f"non-finite loss in {where} (terms: {', '.join(bad)}): lower optim.lr, check the loss "
                 "weights, or turn off train.bf16; the last good checkpoint is kept in the run folder")
         return state
+
+    def sync_batchnorm_stats(self) -> None:
+        """Average the student's BatchNorm running statistics over ranks (each rank normalised its own
+        slice of the batches), so that evaluation and checkpoints see one model. No-op for one process."""
+        if not comm.is_distributed():
+            return
+        for module in self.student.modules():
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.track_running_stats:
+                for buf in (module.running_mean, module.running_var):
+                    if buf is not None:
+                        comm.all_reduce_(buf, "mean")
 
     def stage_parameters(self, stage: StageSpec) -> list[nn.Parameter]:
         """The parameters a stage trains (see :class:`~distillab.methods.StageSpec`)."""
@@ -318,8 +439,10 @@ class Trainer:
         if model is None:
             raise ValueError(f"no {side} model in this run")
         taps = {n: resolve_feature(model, n) for n in names}
+        # each rank extracts one contiguous share of the samples; the shares are gathered in order
         loader = BatchLoader(self.data.train, self.cfg.train.eval_batch_size, device=self.device, shuffle=False,
-                             num_workers=self.cfg.data.num_workers, on_device=self.cfg.data.on_device)
+                             num_workers=self.cfg.data.num_workers, on_device=self.cfg.data.on_device,
+                             dist=self.dist, shard="split")
         loader.set_subset(indices)
         was_training = model.training
         model.eval()
@@ -333,7 +456,7 @@ class Trainer:
                         out[n].append(f.float())
         finally:
             model.train(was_training)
-        return {n: torch.cat(v) for n, v in out.items()}
+        return {n: comm.gather_varsize(torch.cat(v)) for n, v in out.items()}
 
     def epoch_context(self, epoch: int) -> EpochContext:
         return EpochContext(epoch=epoch, num_train=len(self.data.train),
@@ -357,7 +480,9 @@ class Trainer:
             correct += (logits.argmax(1) == y).sum()
             n += len(y)
         model.train(was_training)
-        return {"test/loss": float(loss) / max(n, 1), "test/top1": 100.0 * float(correct) / max(n, 1)}
+        totals = comm.all_reduce_(torch.stack([loss, correct.float(), torch.tensor(float(n), device=self.device)]))
+        loss, correct, n = float(totals[0]), float(totals[1]), int(totals[2].item())
+        return {"test/loss": loss / max(n, 1), "test/top1": 100.0 * correct / max(n, 1)}
 
     def fit(self, progress_factory: Callable | None = None) -> dict:
         """Train from ``self.epoch + 1`` to the last epoch; return the summary."""

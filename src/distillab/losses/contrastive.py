@@ -6,6 +6,7 @@ import warnings
 
 import torch
 
+from distillab.engine import dist as comm
 from distillab.losses.base import LOSSES, Batch, LossTerm, SetupContext
 from distillab.losses.common import Embed
 from distillab.losses.memory import ContrastMemory, nce_loss
@@ -97,7 +98,9 @@ class CRD(LossTerm):
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         v_s = self.embed_s(batch.student.features["embedding"])
         v_t = self.embed_t(batch.teacher.features["embedding"])
-        contrast = self.sampler(batch.index)
+        # drawn for the global batch from the generator every rank shares, then this rank's rows (DDP)
+        global_index = comm.gather_cat(batch.index)
+        contrast = self.sampler(global_index)[comm.local_slice(len(global_index))]
         log_p = self.memory(v_s, v_t, batch.index, contrast)
         return {"student_anchor": nce_loss(log_p["student"], self.num_data),
                 "teacher_anchor": nce_loss(log_p["teacher"], self.num_data)}

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillab.engine import dist as comm
 from distillab.losses.base import LOSSES, Batch, EpochContext, LossTerm, SetupContext
 from distillab.losses.common import Embed
 from distillab.methods import register_method
@@ -187,7 +188,9 @@ class RRD(LossTerm):
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
-        """Write ``keys`` (B x feat_dim) at the pointer, wrapping around, and advance it."""
+        """Write ``keys`` (B x feat_dim) at the pointer, wrapping around, and advance it. Under DDP the
+        global batch's keys are gathered first, so the queue is the same on every rank."""
+        keys = comm.gather_cat(keys.detach())
         b, k = keys.shape[0], self.queue_size
         ptr = int(self.queue_ptr)
         rows = (ptr + torch.arange(b, device=self.queue.device)) % k
@@ -197,9 +200,9 @@ class RRD(LossTerm):
     def forward(self, batch: Batch) -> torch.Tensor:
         z_s = self.embed_s(batch.student.features["embedding"]).float()
         z_t = self.embed_t(batch.teacher.features["embedding"]).float()
-        if z_t.shape[0] > self.queue_size:
-            raise ValueError(f"RRD: queue_size={self.queue_size} is smaller than the batch size {z_t.shape[0]}; "
-                             "the queue must hold at least one batch")
+        if z_t.shape[0] * comm.world_size() > self.queue_size:
+            raise ValueError(f"RRD: queue_size={self.queue_size} is smaller than the (global) batch size "
+                             f"{z_t.shape[0] * comm.world_size()}; the queue must hold at least one batch")
         if self.enqueue_before and self.training:
             self.enqueue(z_t)
         queue = self.queue.detach().clone()

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillab.engine import dist as comm
+
 NCE_EPS = 1e-7  # RepDistiller's eps in the NCE ratios
 ANCHORS = ("student", "teacher")
 
@@ -92,11 +94,18 @@ class ContrastMemory(nn.Module):
         z = self.z_student if side == "student" else self.z_teacher
         logits = bank.scores(anchors, contrast_index) / self.temperature
         with torch.no_grad():  # first batch: Z from this batch; later: unchanged (no host sync to ask which)
-            z.copy_(torch.where(z < 0, logits.exp().mean() * self.num_data, z))
+            mean = comm.all_reduce_(logits.exp().mean(), "mean")  # the global batch's mean (equal rank batches)
+            z.copy_(torch.where(z < 0, mean * self.num_data, z))
         return logits - z.log()
 
     def update(self, index: torch.Tensor, v_student: torch.Tensor | None, v_teacher: torch.Tensor | None) -> None:
-        """Momentum update of both banks at the anchors' own indices (a side given as None is left alone)."""
+        """Momentum update of both banks at the anchors' own indices (a side given as None is left alone).
+
+        Under DDP the indices and embeddings of the whole global batch are gathered first, so every rank
+        applies the same update and the banks stay identical (and equal to a single process's)."""
+        index = comm.gather_cat(index)
+        v_student = None if v_student is None else comm.gather_cat(v_student.detach())
+        v_teacher = None if v_teacher is None else comm.gather_cat(v_teacher.detach())
         if v_student is not None:
             self.student.update(index, v_student)
         if v_teacher is not None:

@@ -42,10 +42,10 @@ class SmallCNN(ZooModel):
 
 
 class LinearBNAct(nn.Module):
-    def __init__(self, in_features: int, out_features: int) -> None:
+    def __init__(self, in_features: int, out_features: int, norm: bool = True) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_features, out_features, bias=False)
-        self.bn = nn.BatchNorm1d(out_features)
+        self.linear = nn.Linear(in_features, out_features, bias=not norm)
+        self.bn = nn.BatchNorm1d(out_features) if norm else nn.Identity()
         self.act = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,12 +53,14 @@ class LinearBNAct(nn.Module):
 
 
 class MLP(ZooModel):
-    """Flatten, hidden linear-BN-ReLU layers, linear classifier."""
+    """Flatten, hidden linear-BN-ReLU layers, linear classifier (``norm=False``: no BatchNorm, so a
+    sample's output does not depend on the rest of its batch)."""
 
-    def __init__(self, num_classes: int, in_channels: int, length: int, hidden: Sequence[int]) -> None:
+    def __init__(self, num_classes: int, in_channels: int, length: int, hidden: Sequence[int],
+                 norm: bool = True) -> None:
         super().__init__()
         sizes = [in_channels * length, *hidden]
-        self.hidden = nn.Sequential(*(LinearBNAct(a, b) for a, b in zip(sizes[:-1], sizes[1:])))
+        self.hidden = nn.Sequential(*(LinearBNAct(a, b, norm) for a, b in zip(sizes[:-1], sizes[1:])))
         self.fc = nn.Linear(sizes[-1], num_classes)
         init_conv_bn(self)
 
@@ -67,7 +69,7 @@ class MLP(ZooModel):
         self.embedding_dim = sizes[-1]
         self.head = "fc"
         self.feature_info = [FeatureStage(f"hidden.{i}", h, length, preact=f"hidden.{i}.act:input",
-                                          bn=f"hidden.{i}.bn") for i, h in enumerate(hidden)]
+                                          bn=f"hidden.{i}.bn" if norm else None) for i, h in enumerate(hidden)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.hidden(torch.flatten(x, 1)))
@@ -84,8 +86,9 @@ def cnn1d_small(num_classes: int, in_channels: int = 1, length: int = 40, width:
 
 
 @MODELS.register("mlp1d", description="MLP on the flattened MNIST-1D signal")
-def mlp1d(num_classes: int, in_channels: int = 1, length: int = 40, hidden: Sequence[int] = (128, 128)) -> MLP:
-    return MLP(num_classes, in_channels, length, hidden)
+def mlp1d(num_classes: int, in_channels: int = 1, length: int = 40, hidden: Sequence[int] = (128, 128),
+          norm: bool = True) -> MLP:
+    return MLP(num_classes, in_channels, length, hidden, norm)
 
 
 @MODELS.register("cnn_digits", description="2-D CNN for 8x8 scikit-learn digits: three conv-BN-ReLU stages")

@@ -1,0 +1,136 @@
+"""Two CPU processes (gloo) under torchrun against one process with the same global batch.
+
+Each run is one `torchrun --nproc_per_node 2 tests/ddp_worker.py ...` (a few seconds). The student is an MLP
+without BatchNorm, so that a sample's gradient does not depend on which rank's slice it sits in: the two
+runs then differ only by floating-point summation order (DDP averages two half-batch gradients; one process
+takes one mean), and are compared with atol 1e-4. With BatchNorm the ranks normalise their own halves, and
+the runs differ by more (as in any DDP run without SyncBatchNorm).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from distillab.models import create_model
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+TOL = dict(atol=1e-4, rtol=1e-3)  # float summation order only (see the module docstring)
+METHOD_PARAMS = {
+    "kd": {},
+    "crd": {"crd": {"nce_k": 64}},
+    "rdd": {"rdd": {"nce_k": 64, "pool_k": 32, "gamma": "auto", "refresh_every": 1}},
+}
+
+
+@pytest.fixture(scope="module")
+def teacher_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("cnn1d", num_classes=10, width=8)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save({"model": model.state_dict(), "arch": "cnn1d", "options": {"width": 8}}, path)
+    return path
+
+
+def write_config(folder: Path, teacher: Path, method: str, batch_size: int, epochs: int) -> Path:
+    cfg = {
+        "seed": 0, "out_dir": str(folder / "runs"),
+        "data": {"name": "mnist1d", "options": {"num_samples": 1000}},
+        "student": {"arch": "mlp1d", "options": {"hidden": [32], "norm": False}},
+        "teacher": {"arch": "cnn1d", "options": {"width": 8}, "checkpoint": str(teacher)},
+        "method": {"name": method, "params": METHOD_PARAMS[method]},
+        "optim": {"name": "sgd", "lr": 0.05, "schedule": "constant"},
+        "train": {"epochs": epochs, "batch_size": batch_size, "device": "cpu", "progress": False,
+                  "tensorboard": False},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def launch(config: Path, out: Path, *extra: str, processes: int = 2) -> dict[int, dict]:
+    """Run the worker (under torchrun when processes > 1); return {rank: saved state}."""
+    cmd = [sys.executable, str(WORKER), str(config), str(out), *extra]
+    if processes > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               *cmd[1:]]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, f"worker failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return {r: torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(processes)}
+
+
+def assert_same(a: dict, b: dict, exact: bool, what: str) -> None:
+    assert a.keys() == b.keys(), what
+    for key in a:
+        x, y = a[key], b[key]
+        if exact or not x.is_floating_point():
+            assert torch.equal(x, y), f"{what}: {key} differs"
+        else:
+            assert torch.allclose(x, y, **TOL), f"{what}: {key} differs by {(x - y).abs().max():.2e}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, teacher_checkpoint):
+    """For each method: two ranks at batch 32 and one process at batch 64, the same data and seed."""
+    root = tmp_path_factory.mktemp("ddp")
+    out = {}
+    for method in METHOD_PARAMS:
+        epochs = 2 if method == "rdd" else 1
+        ddp = launch(write_config(root / f"{method}_ddp", teacher_checkpoint, method, 32, epochs),
+                     root / f"{method}_ddp" / "out")
+        single = launch(write_config(root / f"{method}_single", teacher_checkpoint, method, 64, epochs),
+                        root / f"{method}_single" / "out", processes=1)
+        out[method] = (ddp, single[0])
+    return root, out
+
+
+@pytest.mark.parametrize("method", list(METHOD_PARAMS))
+def test_ranks_hold_identical_state(runs, method):
+    """After training, both ranks hold the same weights and the same objective state (banks, tables, RNG)."""
+    ddp, _ = runs[1][method]
+    assert_same(ddp[0]["model"], ddp[1]["model"], exact=True, what="student weights")
+    assert_same(ddp[0]["objective"], ddp[1]["objective"], exact=True, what="objective state")
+
+
+@pytest.mark.parametrize("method", list(METHOD_PARAMS))
+def test_two_processes_match_one_with_the_same_global_batch(runs, method):
+    ddp, single = runs[1][method]
+    assert_same(ddp[0]["model"], single["model"], exact=False, what="student weights")
+    assert_same(ddp[0]["objective"], single["objective"], exact=False, what="objective state")
+    # test accuracy is gathered over both ranks' halves of the test set: the same 200 samples
+    assert abs(ddp[0]["summary"]["test_top1"] - single["summary"]["test_top1"]) <= 0.5
+
+
+@pytest.mark.parametrize("method", ["crd", "rdd"])
+def test_memory_banks_moved_and_agree(runs, method):
+    """The banks were really updated (not left at their initial values) and agree across ranks."""
+    ddp, single = runs[1][method]
+    key = f"terms.{method}.memory.teacher.bank"
+    bank = ddp[0]["objective"][key]
+    assert torch.allclose(bank.norm(dim=1), torch.ones(len(bank)), atol=1e-4)  # every row updated: unit length
+    assert torch.equal(bank, ddp[1]["objective"][key])
+
+
+def test_resume_under_ddp_equals_uninterrupted(runs, teacher_checkpoint):
+    """RDD (re-mined before epoch 2) for 1 epoch, resumed to 2 under torchrun == 2 epochs in one go."""
+    root, results = runs
+    uninterrupted = results["rdd"][0]
+    folder = root / "rdd_resume"
+    config = write_config(folder, teacher_checkpoint, "rdd", 32, 1)
+    launch(config, folder / "first")
+    run_dir = Path((folder / "first" / "run_dir.txt").read_text())
+    resumed = launch(config, folder / "second", "--resume", str(run_dir), "train.epochs=2")
+    for rank in (0, 1):
+        assert_same(resumed[rank]["model"], uninterrupted[rank]["model"], exact=True, what="student weights")
+        assert_same(resumed[rank]["objective"], uninterrupted[rank]["objective"], exact=True, what="objective")
+    events = (run_dir / "events.log").read_text()
+    assert "before epoch 2" in events  # the refresh ran after the resume
