@@ -6,7 +6,12 @@ Each augmentation is split in two steps so that a cache can key on what was draw
   the generator's device; the generator is advanced by a fixed amount for a given ``n``);
 * ``apply(x, params)`` applies them to a batch, deterministically, on ``x``'s device.
 
-``aug(x, generator)`` does both. The same generator state gives the same parameters whichever
+``aug(x, generator)`` does both. ``param_keys(params)`` maps each sample's parameters one-to-one
+onto ``[0, key_space)``, so a sample's exact augmentation is one integer (the key of a teacher
+output cache, :class:`~distillab.engine.teacher_cache.TeacherCache`). :class:`AugmentPlan` wraps an
+augmentation for the engine, optionally restricting each sample to ``R`` fixed draws (FKD style).
+
+The same generator state gives the same parameters whichever
 device the batch lives on, so a run resumed from a saved generator state replays the same
 augmentations. With ``generator=None`` the global torch generator is used.
 
@@ -19,11 +24,18 @@ exactly the same result.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 Params = dict[str, torch.Tensor]
+
+
+def take_params(params: Params, rows: slice | torch.Tensor) -> Params:
+    """Select samples ``rows`` (a slice or an index tensor) of every tensor in ``params``."""
+    if isinstance(rows, torch.Tensor):
+        return {k: v[rows.to(v.device)] for k, v in params.items()}
+    return {k: v[rows] for k, v in params.items()}
 
 
 def normalised_black(mean: Sequence[float], std: Sequence[float]) -> list[float]:
@@ -76,6 +88,24 @@ class RandomCropFlip:
             raise ValueError(f"fill has {len(self.fill)} values for a batch with {channels} channels")
         fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device)
         return fill.expand(channels) if fill.numel() == 1 else fill
+
+    @property
+    def key_space(self) -> int:
+        """Number of distinct parameter settings: ``(2 * padding + 1) ** 2 * (2 if flip else 1)``."""
+        return (2 * self.padding + 1) ** 2 * (2 if self.flip else 1)
+
+    def param_keys(self, params: Params) -> torch.Tensor:
+        """(N,) long in ``[0, key_space)``, one-to-one with (row offset, column offset, flip).
+
+        ``key = (row * (2p + 1) + col) * F + flip`` with ``F = 2`` when flipping is on, else ``F = 1``
+        and the flip is left out (it is always False then).
+        """
+        offsets = params["offsets"].long()
+        side = 2 * self.padding + 1
+        keys = offsets[:, 0] * side + offsets[:, 1]
+        if self.flip:
+            keys = keys * 2 + params["flips"].to(keys.device).long()
+        return keys
 
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         if x.dim() != 4:
@@ -132,6 +162,15 @@ class RandomShift1D:
         shifts = torch.randint(-m, m + 1, (n,), generator=generator, device=device)
         return {"shifts": shifts}
 
+    @property
+    def key_space(self) -> int:
+        """Number of distinct parameter settings: ``2 * max_shift + 1``."""
+        return 2 * self.max_shift + 1
+
+    def param_keys(self, params: Params) -> torch.Tensor:
+        """(N,) long in ``[0, key_space)``: ``shift + max_shift``."""
+        return params["shifts"].long() + self.max_shift
+
     def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"RandomShift1D expects (N, C, L), got shape {tuple(x.shape)}")
@@ -148,3 +187,97 @@ class RandomShift1D:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(x, self.sample_params(len(x), generator))
+
+
+def _is_keyed(augment: Any) -> bool:
+    return all(callable(getattr(augment, name, None)) for name in ("sample_params", "apply", "param_keys")) \
+        and hasattr(augment, "key_space")
+
+
+class AugmentPlan:
+    """How the engine augments a batch and which integer key names each sample's augmentation.
+
+    ``draw(index, generator) -> (params, keys)`` then ``apply(x, params)``; ``keys`` is (B,) long in
+    ``[0, key_space)``, so ``(index, key)`` identifies a sample's exact augmented input.
+
+    * Without ``variants``: ``params = augment.sample_params(len(index), generator)`` (the generator
+      is advanced exactly as ``augment(x, generator)`` advances it, so ``apply(x, params)`` equals
+      ``augment(x, generator)`` for the same generator state), ``keys = augment.param_keys(params)``
+      and ``key_space = augment.key_space``.
+    * With ``variants=R`` (FKD style): at construction ``num_samples * R`` parameter draws are made
+      once with a CPU generator seeded by ``seed`` and moved to ``device``; row ``i * R + v`` is
+      variant ``v`` of sample ``i``. ``draw`` picks ``v`` uniformly in ``[0, R)`` per sample with the
+      generator, so each sample only ever sees its ``R`` fixed augmentations; ``keys = v`` and
+      ``key_space = R``. Params and keys then live on ``device``.
+    * ``augment=None``: ``draw`` returns ``({}, zeros)``, ``key_space`` is 1 and ``apply`` returns ``x``.
+    * A plain callable ``augment(x, generator)`` without ``sample_params`` / ``param_keys`` /
+      ``key_space``: ``keyed`` is False, ``draw`` returns ``(None, None)`` and the engine calls
+      ``augment_plain(x, generator)``; asking for ``variants`` or for ``key_space`` raises ValueError.
+    """
+
+    def __init__(self, augment: Callable[..., torch.Tensor] | None, num_samples: int, variants: int | None = None,
+                 seed: int = 0, device: torch.device | str = "cpu") -> None:
+        self.augment = augment
+        self.num_samples = int(num_samples)
+        self.variants = None if variants is None else int(variants)
+        self.device = torch.device(device)
+        self.keyed = augment is None or _is_keyed(augment)
+        self.table: Params | None = None
+        if self.variants is not None:
+            if self.variants < 1:
+                raise ValueError(f"variants must be >= 1, got {self.variants}")
+            if not self.keyed:
+                raise ValueError(f"augmentation {augment!r} has no sample_params/param_keys/key_space, so it "
+                                 "cannot be restricted to fixed variants; use RandomCropFlip / RandomShift1D or "
+                                 "leave variants unset")
+            if augment is not None:
+                gen = torch.Generator().manual_seed(int(seed))
+                params = augment.sample_params(self.num_samples * self.variants, gen)
+                self.table = {k: v.to(self.device) for k, v in params.items()}
+
+    def __repr__(self) -> str:
+        return f"AugmentPlan({self.augment!r}, num_samples={self.num_samples}, variants={self.variants})"
+
+    @property
+    def active(self) -> bool:
+        """Whether there is an augmentation at all."""
+        return self.augment is not None
+
+    @property
+    def key_space(self) -> int:
+        """Number of distinct keys per sample."""
+        if not self.keyed:
+            raise ValueError(f"augmentation {self.augment!r} has no param_keys/key_space: its draws cannot be keyed")
+        if self.augment is None:
+            return 1
+        if self.variants is not None:
+            return self.variants
+        return int(self.augment.key_space)
+
+    def draw(self, index: torch.Tensor, generator: torch.Generator | None = None
+             ) -> tuple[Params | None, torch.Tensor | None]:
+        """Parameters and keys for the samples ``index`` (B,) of one batch."""
+        n = len(index)
+        if not self.keyed:
+            return None, None
+        if self.augment is None:
+            return {}, torch.zeros(n, dtype=torch.long, device=index.device)
+        if self.table is None:
+            params = self.augment.sample_params(n, generator)
+            return params, self.augment.param_keys(params)
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        v = torch.randint(0, self.variants, (n,), generator=generator, device=gen_device).to(self.device)
+        rows = index.to(self.device).long() * self.variants + v
+        return take_params(self.table, rows), v
+
+    def apply(self, x: torch.Tensor, params: Params | None) -> torch.Tensor:
+        """Apply drawn parameters to a batch (``x`` itself when there is no augmentation)."""
+        if self.augment is None:
+            return x
+        if params is None:
+            raise ValueError(f"no params to apply for {self.augment!r}; call augment_plain(x, generator) instead")
+        return self.augment.apply(x, params)
+
+    def augment_plain(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment without keys: ``augment(x, generator)`` (``x`` itself when there is no augmentation)."""
+        return x if self.augment is None else self.augment(x, generator)
