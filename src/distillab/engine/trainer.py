@@ -509,6 +509,9 @@ class Trainer:
                 elapsed = time.perf_counter() - tic
                 row = {"epoch": epoch, "lr": lr, **state.means(),
                        "time/epoch_s": elapsed, "throughput/images_per_s": state.samples / max(elapsed, 1e-9)}
+                if self.teacher_cache is not None:  # this rank's share of teacher outputs read from the cache
+                    row["teacher_cache/hit_rate"] = self.teacher_cache.hit_rate
+                    self.teacher_cache.reset_counters()
                 if epoch % t.eval_every == 0 or epoch == t.epochs:
                     row.update(self.evaluate())
                     if row["test/top1"] > self.best["top1"]:
