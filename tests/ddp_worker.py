@@ -22,10 +22,18 @@ from distillab.config import load_config
 class StateDumpingTrainer(runner.Trainer):
     out: Path
 
+    def train_epoch(self, epoch, progress=None, **kwargs):
+        order = self.train_loader._order()  # this process's samples, before the epoch runs
+        self.seen = getattr(self, "seen", []) + [order.tolist()]
+        state = super().train_epoch(epoch, progress, **kwargs)
+        self.global_samples = getattr(self, "global_samples", []) + [state.samples]
+        return state
+
     def fit(self, progress_factory=None):
         summary = super().fit(progress_factory)
         torch.save({"model": self.student.state_dict(), "objective": self.objective.state_dict(),
-                    "summary": summary}, self.out / f"rank{self.dist.rank}.pt")
+                    "summary": summary, "seen": self.seen, "global_samples": self.global_samples},
+                   self.out / f"rank{self.dist.rank}.pt")
         return summary
 
 

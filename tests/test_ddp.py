@@ -26,7 +26,10 @@ METHOD_PARAMS = {
     "kd": {},
     "crd": {"crd": {"nce_k": 64}},
     "rdd": {"rdd": {"nce_k": 64, "pool_k": 32, "gamma": "auto", "refresh_every": 1}},
+    "rdd_curriculum": {},  # a data schedule: the easiest 40 %, then 70 % of the samples (RDX-ranked)
 }
+SCHEDULES = {"rdd_curriculum": {"phi0": 0.4, "e_pace": 3}}
+EPOCHS = {"rdd": 2, "rdd_curriculum": 2}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def write_config(folder: Path, teacher: Path, method: str, batch_size: int, epoc
         "data": {"name": "mnist1d", "options": {"num_samples": 1000}},
         "student": {"arch": "mlp1d", "options": {"hidden": [32], "norm": False}},
         "teacher": {"arch": "cnn1d", "options": {"width": 8}, "checkpoint": str(teacher)},
-        "method": {"name": method, "params": METHOD_PARAMS[method]},
+        "method": {"name": method, "params": METHOD_PARAMS[method], "schedule": SCHEDULES.get(method, {})},
         "optim": {"name": "sgd", "lr": 0.05, "schedule": "constant"},
         "train": {"epochs": epochs, "batch_size": batch_size, "device": "cpu", "progress": False,
                   "tensorboard": False},
@@ -84,7 +87,7 @@ def runs(tmp_path_factory, teacher_checkpoint):
     root = tmp_path_factory.mktemp("ddp")
     out = {}
     for method in METHOD_PARAMS:
-        epochs = 2 if method == "rdd" else 1
+        epochs = EPOCHS.get(method, 1)
         ddp = launch(write_config(root / f"{method}_ddp", teacher_checkpoint, method, 32, epochs),
                      root / f"{method}_ddp" / "out")
         single = launch(write_config(root / f"{method}_single", teacher_checkpoint, method, 64, epochs),
@@ -108,6 +111,21 @@ def test_two_processes_match_one_with_the_same_global_batch(runs, method):
     assert_same(ddp[0]["objective"], single["objective"], exact=False, what="objective state")
     # test accuracy is gathered over both ranks' halves of the test set: the same 200 samples
     assert abs(ddp[0]["summary"]["test_top1"] - single["summary"]["test_top1"]) <= 0.5
+
+
+def test_curriculum_subset_is_shared_and_sharded(runs):
+    """The schedule's ranking is the same on both processes, and each trained on its half of the subset."""
+    ddp, single = runs[1]["rdd_curriculum"]
+    order = "schedule.order"
+    assert torch.equal(ddp[0]["objective"][order], ddp[1]["objective"][order])
+    assert torch.equal(ddp[0]["objective"][order], single["objective"][order])
+    # 800 training samples: 40 % then 60 % (phi0 0.4, pace 3 epochs), split over two processes
+    assert ddp[0]["global_samples"] == single["global_samples"] == [320, 480]
+    easiest = ddp[0]["objective"][order]
+    for epoch, size in enumerate([320, 480]):
+        a, b = set(ddp[0]["seen"][epoch]), set(ddp[1]["seen"][epoch])
+        assert len(a) == len(b) == size // 2 and not a & b  # disjoint halves
+        assert a | b == set(easiest[:size].tolist()) == set(single["seen"][epoch])
 
 
 @pytest.mark.parametrize("method", ["crd", "rdd"])
