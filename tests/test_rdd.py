@@ -122,6 +122,110 @@ def test_sampling_and_curriculum_subsets():
     assert curriculum.fraction(1) == pytest.approx(0.3) and curriculum.fraction(6) == pytest.approx(0.65)
 
 
+# ------------------------------------------------------------------ pool storage: table or on the fly
+
+
+def _int_features(n: int, d: int, seed: int) -> torch.Tensor:
+    """Small integers: exact in float16 and every distance exact, whatever the matmul shape."""
+    return torch.randint(-9, 10, (n, d), generator=torch.Generator().manual_seed(seed)).float()
+
+
+def _storage_term(n: int, storage: str, **kw) -> RDD:
+    term = RDD(nce_k=9, pool_k=5, pool_storage=storage, block=7, **kw)
+    term.setup(SetupContext(num_classes=3, num_train=n, student_shapes={"embedding": torch.Size([2, 3])},
+                            teacher_shapes={"embedding": torch.Size([2, 5])}, train_labels=torch.arange(n) % 3))
+    return term
+
+
+def test_pool_storage_auto_follows_the_table_size(monkeypatch):
+    import distillab.losses.rdd as rdd_module
+
+    assert not _storage_term(30, "auto").on_the_fly  # 30 x 5 x 8 bytes
+    monkeypatch.setattr(rdd_module, "TABLE_LIMIT_BYTES", 30 * 5 * 8)
+    assert not _storage_term(30, "auto").on_the_fly  # at the limit: still the table
+    monkeypatch.setattr(rdd_module, "TABLE_LIMIT_BYTES", 30 * 5 * 8 - 1)
+    fly = _storage_term(30, "auto")
+    assert fly.on_the_fly and _storage_term(30, "table").on_the_fly is False
+    keys = fly.state_dict().keys()
+    assert "pool" not in keys and fly.state_dict()["mined_teacher"].dtype == torch.float16
+    with pytest.raises(ValueError):
+        RDD(pool_storage="disk")
+
+
+@pytest.mark.parametrize("options", [{}, {"anchors": 17, "gamma": "auto"}, {"mode": "standard", "anchors": 17},
+                                     {"weighted_negatives": True, "anchors": 17}, {"keep_self_positive": True}])
+def test_on_the_fly_pools_give_the_table_contrast_indices(options):
+    n = 40
+    teacher, student = _int_features(n, 5, 0), _int_features(n, 3, 1)
+    table, fly = _storage_term(n, "table", **options), _storage_term(n, "on_the_fly", **options)
+    assert fly.on_the_fly and not table.on_the_fly
+    for term in (table, fly):
+        term.on_epoch_start(_ctx(1, teacher, student, [], []))
+    for name in ("positive", "confusion", "kna"):
+        assert torch.equal(getattr(table, name), getattr(fly, name)), name
+    assert torch.equal(fly.mined_teacher, teacher.half()) and torch.equal(fly.mined_student, student.half())
+    pools, _ = fly.pools_on_the_fly(torch.arange(n))
+    assert torch.equal(pools, table.pool)
+    for batch in (torch.tensor([3, 0, 39, 12]), torch.tensor([5, 5, 21, 8]), torch.arange(10, 20)):
+        assert torch.equal(fly.contrast_indices(batch), table.contrast_indices(batch))
+        assert torch.equal(fly.anchor_weights(batch), table.anchor_weights(batch))
+
+
+def test_on_the_fly_resume_draws_the_same_indices():
+    n = 40
+    teacher, student = _int_features(n, 5, 2), _int_features(n, 3, 3)
+    options = dict(anchors=20, mode="standard", refresh_every=1, adaptive=True, probe_size=10)
+    a = _storage_term(n, "on_the_fly", **options)
+    a.on_epoch_start(_ctx(1, teacher, student, [], []))
+    assert float(a.abs_max) > 0
+    a.contrast_indices(torch.tensor([1, 2, 3]))
+    b = _storage_term(n, "on_the_fly", **options)
+    b.load_state_dict(a.state_dict())
+    for batch in (torch.tensor([4, 9, 33]), torch.tensor([0, 1, 2])):
+        assert torch.equal(a.contrast_indices(batch), b.contrast_indices(batch))
+    # the next mining (the probe against the stored teacher, then a refresh): the next pools come from it
+    logs: list = []
+    other = _int_features(n, 3, 6)
+    a.on_epoch_start(_ctx(2, teacher, other, [], logs))
+    assert "probe drift" in logs[0] and "on the fly" in logs[1]
+    assert torch.equal(a.mined_student, other.half()) and torch.equal(a.mined_teacher, teacher.half())
+    assert not torch.equal(a.pools_on_the_fly(torch.arange(n))[0], b.pools_on_the_fly(torch.arange(n))[0])
+
+
+def test_float16_overflow_is_refused():
+    term = _storage_term(10, "on_the_fly")
+    with pytest.raises(ValueError, match="float16"):
+        term.on_epoch_start(_ctx(1, torch.full((10, 5), 1e5), torch.randn(10, 3), [], []))
+
+
+# ------------------------------------------------------------------ several ranks, faked in one process
+
+
+@pytest.mark.parametrize("storage,mined", [("table", True), ("on_the_fly", True), ("table", False)])
+def test_each_rank_gets_its_rows_of_the_global_draws(storage, mined, monkeypatch):
+    """With the collectives faked as rank r of 2, each rank's contrast indices and weights are its rows
+    of what one process computes for the global batch (the draws come from the shared generator state)."""
+    from distillab.engine import dist
+
+    n = 40
+    teacher, student = _int_features(n, 5, 4), _int_features(n, 3, 5)
+    ref = _storage_term(n, storage, anchors=20)
+    if mined:
+        ref.on_epoch_start(_ctx(1, teacher, student, [], []))
+    state = {k: v.clone() for k, v in ref.state_dict().items()}
+    global_batches = [torch.tensor([3, 0, 39, 12, 7, 7]), torch.tensor([1, 2, 3, 4, 5, 6])]
+    want = [(ref.contrast_indices(b), ref.anchor_weights(b)) for b in global_batches]
+    for r in (0, 1):
+        term = _storage_term(n, storage, anchors=20)
+        term.load_state_dict(state)
+        for b, (indices, weights) in zip(global_batches, want):
+            local = b[3 * r:3 * r + 3]
+            monkeypatch.setattr(dist, "gather_cat", lambda t, b=b, local=local: b if torch.equal(t, local) else None)
+            monkeypatch.setattr(dist, "local_slice", lambda g, r=r: slice(g // 2 * r, g // 2 * (r + 1)))
+            assert torch.equal(term.contrast_indices(local), indices[3 * r:3 * r + 3])
+            torch.testing.assert_close(term.anchor_weights(local), weights[3 * r:3 * r + 3], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("config,extra", [
     ("rdd_adaptive", ["method.params.rdd.probe_size=50", "method.params.rdd.drift_threshold=0.05",
                       "method.params.rdd.nce_k=64", "method.params.rdd.pool_k=32"]),

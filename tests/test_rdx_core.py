@@ -11,6 +11,7 @@ import torch
 from distillab.rdx import (BETA_BLOG, BETA_DEFAULT, GAMMA_DEFAULT, MiningResult, local_difference, mine,
                            neighbour_ranks, ranks_from_distances, rdx_affinities, resolve_gamma, select_anchors,
                            standard_difference)
+from distillab.rdx.mining import anchor_columns, anchor_features, mine_abs_max, mine_rows
 
 # ------------------------------------------------------------------ helpers
 
@@ -310,6 +311,97 @@ def test_input_checks():
         mine(x, x, block=0)
     with pytest.raises(ValueError):
         rdx_affinities(x, torch.randn(9, 3))
+
+
+# ------------------------------------------------------------------ row ranges, rows on their own, no pools
+
+RESULT_TENSORS = ("positive", "negative_pool", "confusion", "kna", "pool_affinity")
+
+
+def assert_same_rows(parts: list[MiningResult], full: MiningResult) -> None:
+    for name in RESULT_TENSORS:
+        assert torch.equal(torch.cat([getattr(p, name) for p in parts]), getattr(full, name)), name
+
+
+@pytest.mark.parametrize("mode,anchors", [("local", None), ("local", 23), ("standard", None), ("standard", 23)])
+def test_row_ranges_concatenate_to_the_full_pass(mode, anchors):
+    """Two (or three) rows= shares, as ranks mine them, give the full result; standard mode's scale is
+    the maximum of the shares' maxima (what an all-reduce with max gives every rank)."""
+    n = 45
+    teacher, student = integer_features(n, 5, -9, 10, 20), integer_features(n, 3, -9, 10, 21)
+    opts = dict(mode=mode, anchors=anchors, pool_k=6, kna_k=4, block=8, pool_affinity=True)
+    full = mine(teacher, student, **opts)
+    assert full.rows == (0, n)
+    for cuts in ([0, 22, n], [0, 13, 30, n], [0, 0, n]):  # uneven shares, block-unaligned, an empty one
+        shares = list(zip(cuts[:-1], cuts[1:]))
+        abs_max = None
+        if mode == "standard":
+            abs_max = torch.stack([mine_abs_max(teacher, student, anchors=anchors, block=8, rows=r)
+                                   for r in shares]).max()
+            assert torch.equal(abs_max, full.abs_max)
+        parts = [mine(teacher, student, rows=r, abs_max=abs_max, **opts) for r in shares]
+        assert [p.rows for p in parts] == shares
+        assert_same_rows(parts, full)
+    if mode == "standard":  # a share cannot know the global scale on its own
+        with pytest.raises(ValueError):
+            mine(teacher, student, rows=(0, 22), **opts)
+    with pytest.raises(ValueError):
+        mine(teacher, student, rows=(10, n + 1), **opts)
+
+
+def test_no_pool_pass_and_pool_affinity():
+    teacher, student = integer_features(40, 4, -9, 10, 22), integer_features(40, 4, -9, 10, 23)
+    full = mine(teacher, student, pool_k=7, block=9, pool_affinity=True)
+    light = mine(teacher, student, pool_k=7, block=9, need_pool=False)
+    assert light.negative_pool is None and light.pool_affinity is None
+    for name in ("positive", "confusion", "kna"):
+        assert torch.equal(getattr(light, name), getattr(full, name))
+    _, a10 = rdx_affinities(teacher, student)
+    torch.testing.assert_close(full.pool_affinity, a10.gather(1, full.negative_pool), rtol=1e-6, atol=0)
+    assert mine(teacher, student, pool_k=7).pool_affinity is None
+    with pytest.raises(ValueError):
+        mine(teacher, student, need_pool=False, pool_affinity=True)
+
+
+def test_float16_features_give_the_float32_result():
+    """Small integers are exact in float16: the same result, with the float16 copy never widened whole."""
+    teacher, student = integer_features(50, 6, -30, 31, 24), integer_features(50, 3, -30, 31, 25)
+    full = mine(teacher, student, anchors=20, pool_k=5, block=16)
+    half = mine(teacher.half(), student.half(), anchors=20, pool_k=5, block=16)
+    for name in ("positive", "negative_pool", "confusion", "kna"):
+        assert torch.equal(getattr(half, name), getattr(full, name))
+
+
+def test_anchor_columns():
+    anchor_index = torch.tensor([2, 5, 6, 9])
+    samples = torch.tensor([0, 2, 9, 6, 7, 10, 5])
+    assert anchor_columns(samples, anchor_index).tolist() == [-1, 0, 3, 2, -1, -1, 1]
+    assert torch.equal(anchor_columns(samples, None), samples)
+
+
+@pytest.mark.parametrize("mode,anchors", [("local", None), ("local", 17), ("standard", 17)])
+def test_mine_rows_of_any_samples_equal_the_full_pass(mode, anchors):
+    """A batch of samples in any order, mined on its own (RDD's pools on the fly), gives their rows of the
+    full pass (integer features: every distance exact, whatever the row count of the matmul)."""
+    n = 40
+    teacher, student = integer_features(n, 5, -9, 10, 26), integer_features(n, 3, -9, 10, 27)
+    full = mine(teacher, student, mode=mode, anchors=anchors, gamma="auto", pool_k=6, pool_affinity=True)
+    anchor_index = select_anchors(n, anchors)
+    side = anchor_features(teacher, student, anchor_index)
+    batch = torch.tensor([31, 0, 7, 7, 39, 12, 3])
+    out = mine_rows(teacher[batch], student[batch], anchor_columns(batch, anchor_index), *side, anchor_index,
+                    gamma="auto", mode=mode, abs_max=full.abs_max, pool_k=6, pool_affinity=True)
+    assert torch.equal(out.positive, full.positive[batch])
+    assert torch.equal(out.pool, full.negative_pool[batch])
+    assert torch.equal(out.pool_affinity, full.pool_affinity[batch])
+    assert torch.equal(out.confusion, full.confusion[batch]) and torch.equal(out.kna, full.kna[batch])
+    light = mine_rows(teacher[batch], student[batch], anchor_columns(batch, anchor_index), *side, anchor_index,
+                      gamma="auto", mode=mode, abs_max=full.abs_max, pool_k=6, need_pool=False)
+    assert light.pool is None and torch.equal(light.kna, out.kna)
+    if mode == "standard":
+        with pytest.raises(ValueError):
+            mine_rows(teacher[batch], student[batch], anchor_columns(batch, anchor_index), *side, anchor_index,
+                      mode=mode)
 
 
 # ------------------------------------------------------------------ device

@@ -28,12 +28,18 @@ class DataSchedule(nn.Module):
 
 def rdx_difficulty(ctx: EpochContext, gamma: float | str, beta: float, kna_k: int, anchors: int | None,
                    seed: int) -> torch.Tensor:
-    """Per-sample KNA difficulty (sum of the top-k teacher-unique affinities) over the training set."""
+    """Per-sample KNA difficulty (sum of the top-k teacher-unique affinities) over the training set.
+
+    No negative pools are built. Under torchrun each rank mines its share of the rows (the features are
+    the whole training set's on every rank) and the shares are gathered: every rank gets all N scores."""
+    from distillab.engine import dist as comm
     from distillab.rdx.mining import mine
 
     teacher = ctx.extract("teacher", ["embedding"])["embedding"].flatten(1)
     student = ctx.extract("student", ["embedding"])["embedding"].flatten(1)
-    return mine(teacher, student, gamma=gamma, beta=beta, pool_k=1, kna_k=kna_k, anchors=anchors, seed=seed).kna
+    kna = mine(teacher, student, gamma=gamma, beta=beta, kna_k=kna_k, anchors=anchors, seed=seed,
+               rows=comm.shard_range(len(teacher)), need_pool=False).kna
+    return comm.gather_varsize(kna)
 
 
 class _RDXRanked(DataSchedule):

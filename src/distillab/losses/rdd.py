@@ -4,7 +4,8 @@ RDX (:mod:`distillab.rdx`) compares the teacher's and the student's pooled embed
 set and gives, per sample i: its strongest teacher-unique neighbour (argmax of A01, the positive), a pool
 of the samples the student wrongly merges with it (top-K of A10, the negatives) and a confusion score c_i.
 The table is mined before the first epoch (``start_epoch``), then every ``refresh_every`` epochs, or
-adaptively when the confusion distribution of a probe subset has drifted.
+adaptively when the confusion distribution of a probe subset has drifted. At ImageNet scale the pools
+are not kept as a table but mined per batch (``pool_storage``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from typing import Literal
 
 import torch
 
+from distillab.engine import dist as comm
 from distillab.losses.base import LOSSES, Batch, EpochContext, LossTerm, SetupContext
 from distillab.losses.common import Embed
 from distillab.losses.memory import ContrastMemory, nce_per_anchor
 from distillab.losses.sampling import ContrastSampler
 from distillab.methods import register_method
 from distillab.rdx.affinity import rdx_affinities
-from distillab.rdx.mining import mine
+from distillab.rdx.mining import (ANCHOR_SEED_DEFAULT, anchor_columns, anchor_features, mine, mine_abs_max, mine_rows,
+                                  select_anchors)
+
+POOL_STORAGES = ("table", "on_the_fly", "auto")
+TABLE_LIMIT_BYTES = 2 ** 30  # pool_storage "auto": the (N, pool_k) int64 table up to 1 GiB, on the fly above
 
 
 def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -39,6 +45,15 @@ def probe_confusion(x_teacher: torch.Tensor, x_student: torch.Tensor, gamma: flo
     n = a01.shape[0]
     total = a01 + a10
     return (total.sum(1) - total.diagonal()) / max(n - 1, 1)
+
+
+def _to_half(x: torch.Tensor, side: str) -> torch.Tensor:
+    """``x`` rounded to float16 (how the on-the-fly pool storage keeps the mined embeddings)."""
+    half = x.detach().to(torch.float16)
+    if not bool(torch.isfinite(half).all()):
+        raise ValueError(f"the {side} embeddings exceed float16's range (|x| > 65504), which the on-the-fly "
+                         "pool storage keeps them in: use pool_storage 'table'")
+    return half
 
 
 @LOSSES.register("rdd", description="RDD: CRD's NCE with RDX-chosen positives and negatives, weighted by confusion")
@@ -66,6 +81,21 @@ class RDD(LossTerm):
     seed 42 as rdx_anchor_n), start_epoch 1 (mined before epoch 1, on the untrained student),
     refresh_every 0 (mine once; the README example uses 20).
 
+    Pool storage (``pool_storage``; not in the reference, which holds the table): ``"table"`` keeps the
+    (N, pool_k) int64 pools from each mining (10 GB for ImageNet's N = 1.28 million and pool_k = 1024);
+    ``"on_the_fly"`` keeps instead the mined embeddings of both models in float16 (N (d_t + d_s) 2 bytes,
+    buffers, so a resumed run has them) and mines each batch's pools from them when the batch comes
+    (:func:`~distillab.rdx.mining.mine_rows`, B x M ranks: use ``anchors``); ``"auto"`` (default): the
+    table while it is at most 1 GiB (N pool_k 8 bytes), on the fly above. On the fly, the whole mining
+    (positives, confusion, pools) is made from the float16-rounded embeddings, so it gives the contrast
+    indices the table would give for those embeddings (the same draws from the same pools; tested).
+
+    Under DistributedDataParallel (torchrun), every rank holds the same tables and draws the negatives
+    of the whole global batch from the same generator state, then keeps its own rows; the weights are
+    normalised by the mean confusion over the global batch; each rank mines its
+    :func:`~distillab.engine.dist.shard_range` of the rows and the results are gathered (standard mode's
+    max |R1 - R0| all-reduced first). The result equals a single process with the global batch.
+
     Where we differ, and why (see docs/rdd.md):
 
     - ``weighting="confusion"`` (default) applies w_i per anchor as the blog describes. In the authors'
@@ -74,7 +104,8 @@ class RDD(LossTerm):
     - ``keep_self_positive=True`` keeps CRD's own-index positive instead of the A01 positive (not in
       the code; an ablation).
     - ``weighted_negatives=True`` is the blog's "weights negatives by A10" reading: negatives drawn from
-      the pool with probability proportional to A10 instead of uniformly; off by default (the code selects).
+      the pool with probability proportional to A10 (the mining's own A10 of each pool member) instead of
+      uniformly; off by default (the code selects).
     - ``adaptive=True`` is the refresh the blog left open: every epoch the confusion of a fixed probe
       subset (``probe_size`` samples) is recomputed with the current student and compared with its value
       at the last mining by the Kolmogorov-Smirnov statistic; above ``drift_threshold`` the table is
@@ -94,7 +125,8 @@ class RDD(LossTerm):
                  refresh_every: int = 0, adaptive: bool = False, probe_size: int = 1000,
                  drift_threshold: float = 0.2, keep_self_positive: bool = False,
                  weighting: Literal["confusion", "reference"] = "confusion", weighted_negatives: bool = False,
-                 block: int = 512, seed: int = 0) -> None:
+                 pool_storage: Literal["table", "on_the_fly", "auto"] = "auto", block: int = 512,
+                 seed: int = 0) -> None:
         super().__init__()
         if nce_k < 1 or pool_k < 1 or feat_dim < 1:
             raise ValueError("nce_k, pool_k and feat_dim must be positive")
@@ -102,6 +134,8 @@ class RDD(LossTerm):
             raise ValueError(f"weighting must be 'confusion' or 'reference', got {weighting!r}")
         if mode not in ("local", "standard"):
             raise ValueError(f"mode must be 'local' or 'standard', got {mode!r}")
+        if pool_storage not in POOL_STORAGES:
+            raise ValueError(f"pool_storage must be one of {POOL_STORAGES}, got {pool_storage!r}")
         if start_epoch < 1 or refresh_every < 0:
             raise ValueError("start_epoch must be >= 1 and refresh_every >= 0")
         if not 0.0 < drift_threshold <= 1.0:
@@ -112,21 +146,39 @@ class RDD(LossTerm):
         self.start_epoch, self.refresh_every = start_epoch, refresh_every
         self.adaptive, self.probe_size, self.drift_threshold = adaptive, probe_size, drift_threshold
         self.keep_self_positive, self.weighting, self.weighted_negatives = keep_self_positive, weighting, weighted_negatives
-        self.block, self.seed = block, seed
+        self.pool_storage, self.block, self.seed = pool_storage, block, seed
+        self.on_the_fly = False  # resolved in setup (pool_storage "auto" depends on N)
         self._teacher_cache: torch.Tensor | None = None  # teacher embeddings never change: extracted once
+        self._anchor_cache: tuple | None = None  # the anchors' float32 features, for the on-the-fly pools
 
     def setup(self, ctx: SetupContext) -> None:
         n = ctx.num_train
         self.num_data = n
-        self.embed_s = Embed(ctx.student_shapes["embedding"][1:].numel(), self.feat_dim)
-        self.embed_t = Embed(ctx.teacher_shapes["embedding"][1:].numel(), self.feat_dim)
+        d_s, d_t = ctx.student_shapes["embedding"][1:].numel(), ctx.teacher_shapes["embedding"][1:].numel()
+        self.embed_s = Embed(d_s, self.feat_dim)
+        self.embed_t = Embed(d_t, self.feat_dim)
         self.memory = ContrastMemory(n, self.feat_dim, self.nce_t, self.nce_m)
         self.fallback = ContrastSampler(n, ctx.train_labels, self.nce_k, "exact", self.seed)
         self.fallback.num_negatives = min(self.nce_k, self.fallback.max_distinct_negatives)
-        self.pool_k = min(self.pool_k, n - 1)
+        # the anchors (the same every mining: mine's seed 42); a pool holds at most M - 1 of them
+        anchor_index = select_anchors(n, self.anchors, ANCHOR_SEED_DEFAULT)
+        m = n if anchor_index is None else len(anchor_index)
+        self.pool_k = min(self.pool_k, n - 1, m - 1)
+        self.register_buffer("anchor_index", torch.zeros(0, dtype=torch.long) if anchor_index is None
+                             else anchor_index, persistent=False)  # empty: all N samples
+        if self.pool_storage == "auto":
+            self.on_the_fly = n * self.pool_k * 8 > TABLE_LIMIT_BYTES
+        else:
+            self.on_the_fly = self.pool_storage == "on_the_fly"
         self.register_buffer("positive", torch.arange(n))
-        self.register_buffer("pool", torch.zeros(n, self.pool_k, dtype=torch.long))
-        self.register_buffer("pool_affinity", torch.ones(n, self.pool_k))
+        if self.on_the_fly:  # the mined embeddings instead of the pools
+            self.register_buffer("mined_teacher", torch.zeros(n, d_t, dtype=torch.float16))
+            self.register_buffer("mined_student", torch.zeros(n, d_s, dtype=torch.float16))
+            self.register_buffer("abs_max", torch.tensor(0.0))  # mode "standard": the mining's max |R1 - R0|
+        else:
+            self.register_buffer("pool", torch.zeros(n, self.pool_k, dtype=torch.long))
+            if self.weighted_negatives:
+                self.register_buffer("pool_affinity", torch.ones(n, self.pool_k))
         self.register_buffer("confusion", torch.ones(n))
         self.register_buffer("kna", torch.zeros(n))
         self.register_buffer("mined_epoch", torch.tensor(0))  # 0: not mined yet
@@ -135,9 +187,19 @@ class RDD(LossTerm):
         self.register_buffer("probe_reference", torch.zeros(len(self.probe)))
         self.register_buffer("draw_state", torch.Generator().manual_seed(self.seed + 2).get_state())
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self._anchor_cache = None  # new mined embeddings
+        if not hasattr(self, "pool_affinity"):  # checkpoints that kept an unused pool_affinity table
+            state_dict.pop(prefix + "pool_affinity", None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ---------------------------------------------------------------- mining
 
     def _teacher_embeddings(self, ctx: EpochContext) -> torch.Tensor:
+        if self.on_the_fly:  # float16, rounded once: the buffer is the cache once mined
+            if int(self.mined_epoch) > 0:
+                return self.mined_teacher
+            return _to_half(ctx.extract("teacher", ["embedding"])["embedding"].flatten(1), "teacher")
         if self._teacher_cache is None or self._teacher_cache.device != ctx.device:
             self._teacher_cache = ctx.extract("teacher", ["embedding"])["embedding"].flatten(1)
         return self._teacher_cache
@@ -170,66 +232,101 @@ class RDD(LossTerm):
 
     @torch.no_grad()
     def mine_table(self, ctx: EpochContext, reason: str) -> None:
+        """Mine positives, confusion, KNA (and, stored as a table, the pools) of the whole training set.
+
+        Each rank mines its share of the rows (all of them in a single process) and the shares are
+        gathered, so every rank ends with the same buffers."""
         tic = time.perf_counter()
         teacher = self._teacher_embeddings(ctx)
         student = ctx.extract("student", ["embedding"])["embedding"].flatten(1)
-        result = mine(teacher, student, gamma=self.gamma, beta=self.beta, mode=self.mode, pool_k=self.pool_k,
-                      kna_k=self.kna_k, anchors=self.anchors, block=self.block)
+        mined_student = _to_half(student, "student") if self.on_the_fly else student
+        rows = comm.shard_range(len(student))
+        options = dict(anchors=self.anchors, seed=ANCHOR_SEED_DEFAULT, block=self.block, rows=rows)
+        abs_max = None
+        if self.mode == "standard":  # the global max |R1 - R0| over every rank's rows
+            abs_max = comm.all_reduce_(mine_abs_max(teacher, mined_student, **options), "max")
+        table = not self.on_the_fly
+        result = mine(teacher, mined_student, gamma=self.gamma, beta=self.beta, mode=self.mode, pool_k=self.pool_k,
+                      kna_k=self.kna_k, need_pool=table, pool_affinity=table and self.weighted_negatives,
+                      abs_max=abs_max, **options)
         device = self.positive.device
-        self.positive.copy_(result.positive.to(device))
-        self.pool.copy_(result.negative_pool.to(device))
-        self.confusion.copy_(result.confusion.to(device))
-        self.kna.copy_(result.kna.to(device))
-        if self.weighted_negatives:
-            self.pool_affinity.copy_(self._pool_affinity(teacher, student).to(device))
+        self.positive.copy_(comm.gather_varsize(result.positive).to(device))
+        self.confusion.copy_(comm.gather_varsize(result.confusion).to(device))
+        self.kna.copy_(comm.gather_varsize(result.kna).to(device))
+        if table:
+            self.pool.copy_(comm.gather_varsize(result.negative_pool).to(device))
+            if self.weighted_negatives:
+                self.pool_affinity.copy_(comm.gather_varsize(result.pool_affinity).to(device))
+        else:
+            if teacher is not self.mined_teacher:
+                self.mined_teacher.copy_(teacher.to(device))
+            self.mined_student.copy_(mined_student.to(device))
+            self.abs_max.fill_(0.0 if abs_max is None else float(abs_max))
+            self._anchor_cache = None
         probe = self.probe.to(teacher.device)
         self.probe_reference.copy_(probe_confusion(teacher[probe], student[probe], self.gamma, self.beta,
                                                    self.mode).to(device))
         self.mined_epoch.fill_(ctx.epoch)
         ctx.log(f"RDX mining before epoch {ctx.epoch} ({reason}): N={len(student)}, gamma={result.gamma:g}, "
-                f"beta={result.beta:g}, mean confusion {float(result.confusion.mean()):.3f}, "
-                f"{time.perf_counter() - tic:.1f} s")
+                f"beta={result.beta:g}, mean confusion {float(self.confusion.mean()):.3f}, "
+                f"pools {'on the fly' if self.on_the_fly else 'table'}, {time.perf_counter() - tic:.1f} s")
 
-    def _pool_affinity(self, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
-        """A10 of each sample to its pool members (for weighted negatives), recomputed row block by block."""
-        from distillab.rdx.affinity import local_difference, resolve_gamma, standard_difference
-        from distillab.rdx.ranks import neighbour_ranks
+    # ---------------------------------------------------------------- pools on the fly
 
-        gamma = resolve_gamma(self.gamma, len(teacher))
-        out = torch.empty(self.pool.shape)
-        for start in range(0, len(teacher), self.block):
-            rows = slice(start, start + self.block)
-            r_t = neighbour_ranks(teacher[rows], teacher)
-            r_s = neighbour_ranks(student[rows], student)
-            delta = local_difference(r_s, r_t, gamma) if self.mode == "local" else standard_difference(r_s, r_t)
-            pool = self.pool[rows].to(delta.device)
-            out[rows] = torch.exp(-self.beta * delta.gather(1, pool)).cpu()
-        return out
+    def _anchor_side(self) -> tuple:
+        """(at, as_, at_sq, as_sq, anchor_index or None) from the mined embeddings, cached until the next mining."""
+        device = self.mined_teacher.device
+        if self._anchor_cache is None or self._anchor_cache[0].device != device:
+            anchor_index = self.anchor_index if len(self.anchor_index) else None
+            self._anchor_cache = (*anchor_features(self.mined_teacher, self.mined_student, anchor_index),
+                                  anchor_index)
+        return self._anchor_cache
+
+    @torch.no_grad()
+    def pools_on_the_fly(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The pools (B, pool_k) of the samples ``index``, mined now from the stored embeddings, and with
+        ``weighted_negatives`` their members' A10 (else None): the rows the table would hold."""
+        at, as_, at_sq, as_sq, anchor_index = self._anchor_side()
+        rows = index.to(self.mined_teacher.device, torch.long)
+        out = mine_rows(self.mined_teacher[rows].float(), self.mined_student[rows].float(),
+                        anchor_columns(rows, anchor_index), at, as_, at_sq, as_sq, anchor_index, gamma=self.gamma,
+                        beta=self.beta, mode=self.mode, abs_max=self.abs_max if self.mode == "standard" else None,
+                        pool_k=self.pool_k, kna_k=self.kna_k, pool_affinity=self.weighted_negatives)
+        return out.pool.to(index.device), out.pool_affinity
 
     # ---------------------------------------------------------------- loss
 
     def contrast_indices(self, index: torch.Tensor) -> torch.Tensor:
-        """(B, K + 1): the positive, then K negatives drawn with replacement from each anchor's pool."""
+        """(B, K + 1): the positive, then K negatives drawn with replacement from each anchor's pool.
+
+        The draws are made for the whole global batch (all ranks' ``index``, gathered) from the shared
+        generator state, and this rank's rows are returned: the same indices as one process would draw."""
+        global_index = comm.gather_cat(index)
+        here = comm.local_slice(len(global_index))
         if int(self.mined_epoch) == 0:
-            return self.fallback(index)
+            return self.fallback(global_index)[here]
         gen = torch.Generator()  # CPU generator whose state is a buffer: resume draws the same negatives
         gen.set_state(self.draw_state.cpu())
-        pool = self.pool[index]
-        if self.weighted_negatives:
-            probs = self.pool_affinity[index].cpu()
-            cols = torch.multinomial(probs, self.nce_k, replacement=True, generator=gen).to(index.device)
+        if self.on_the_fly:  # this rank's rows only; the draws below are the global batch's
+            pool, affinity = self.pools_on_the_fly(index)
+            probs = comm.gather_cat(affinity).cpu() if self.weighted_negatives else None
         else:
-            cols = torch.randint(0, pool.shape[1], (len(index), self.nce_k), generator=gen).to(index.device)
+            pool = self.pool[index]
+            probs = self.pool_affinity[global_index].cpu() if self.weighted_negatives else None
+        if self.weighted_negatives:
+            cols = torch.multinomial(probs, self.nce_k, replacement=True, generator=gen)
+        else:
+            cols = torch.randint(0, pool.shape[1], (len(global_index), self.nce_k), generator=gen)
         self.draw_state.copy_(gen.get_state())
+        cols = cols[here].to(index.device)
         positive = index if self.keep_self_positive else self.positive[index]
         return torch.cat([positive.unsqueeze(1), pool.gather(1, cols)], dim=1)
 
     def anchor_weights(self, index: torch.Tensor) -> torch.Tensor:
-        """w_i = c_i / mean over the batch of c (all ones with ``weighting="reference"``)."""
+        """w_i = c_i / mean over the (global) batch of c (all ones with ``weighting="reference"``)."""
         if self.weighting == "reference":
             return torch.ones(len(index), device=index.device)
-        c = self.confusion[index]
-        return c / c.mean()
+        return self.confusion[index] / self.confusion[comm.gather_cat(index)].mean()
 
     def forward(self, batch: Batch) -> torch.Tensor:
         v_s = self.embed_s(batch.student.features["embedding"])
