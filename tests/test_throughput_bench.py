@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py on seconds-long settings: both modes run and write what they say (no timing is asserted)."""
+"""benchmarks/throughput.py on seconds-long settings: each mode runs and writes what it says (no timing asserted)."""
 
 from __future__ import annotations
 
@@ -79,6 +79,44 @@ def test_overhead_mode_quick(bench, tmp_path):
                          "--student", "resnet20", "--json", str(out)])
     assert json.loads(out.read_text()) == result
     assert result["engine_images_per_s"] > 0 and result["plain_images_per_s"] > 0
+
+
+def test_reference_mode_quick(bench, tmp_path):
+    out = tmp_path / "reference.json"
+    report = bench.main(["--reference", "--methods", "kd,crd", "--batches", "8", "--steps", "1", "--repeats", "1",
+                         "--warmup", "0", "--images", "64", "--threads", "1", "--teacher", "resnet56",
+                         "--student", "resnet20", "--json", str(out)])
+    assert json.loads(out.read_text()) == report
+    assert [(r["method"], r["batch"]) for r in report["results"]] == [("kd", 8), ("crd", 8)]
+    for r in report["results"]:
+        assert len(r["reference_s"]) == 1 and len(r["distillab_s"]) == 1
+        assert r["reference_images_per_s"] > 0 and r["distillab_images_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["distillab_images_per_s"] / r["reference_images_per_s"])
+        assert isinstance(r["target_met"], bool)
+    kd, crd = report["results"]
+    assert kd["contrast_k"] is None and 0 < crd["contrast_k"] < 64  # the CRD term's K, clipped to the small set
+    assert report["images"] == 64 and report["reference_loop"]["num_workers"] == 0
+    assert report["target"]["ratio_at_least"] == 1.0 and report["device"] == "cpu"
+    assert report["cpu_name"] and report["versions"]["torch"] and "--reference" in report["command"]
+
+
+def test_reference_augmentation_is_a_crop_and_flip(bench):
+    """The reference data set's per-sample augmentation gives one of the crops+flips of the batched one."""
+    import torch
+
+    from distillab.data import build_dataset
+
+    data = build_dataset("synthetic", n_train=8, n_test=2, num_classes=4)
+    images = data.train.inputs.permute(0, 2, 3, 1).contiguous().numpy()
+    dataset = bench.InstanceSample(images, data.train.labels.numpy(), data.mean, data.std, k=5)
+    norm = data.test_transform(data.train.inputs[3:4])
+    every = [data.augment.apply(norm, {"offsets": torch.tensor([[i, j]]), "flips": torch.tensor([f])})[0]
+             for i in range(9) for j in range(9) for f in (False, True)]
+    for _ in range(5):
+        x, label, index, contrast = dataset[3]
+        assert any(torch.allclose(x, c, atol=1e-5) for c in every)
+        assert index == 3 and contrast[0] == 3 and len(contrast) == 6
+        assert all(data.train.labels[j] != label for j in contrast[1:])
 
 
 @pytest.mark.slow
