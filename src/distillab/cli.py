@@ -80,7 +80,9 @@ def distill(
     overrides: List[str] = typer.Argument(None, help="dotted overrides, e.g. method.weights.kd=1 seed=3"),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted run folder"),
 ) -> None:
-    """Train a student with a distillation method (or labels only, method ce)."""
+    """Train a student with a distillation method (or labels only, method ce).
+
+    Several processes: `torchrun --nproc_per_node N -m distillab distill CONFIG ...` (docs/scale.md)."""
     _train(config, overrides or [], resume, teacher_mode=False)
 
 
