@@ -26,6 +26,7 @@ METHOD_PARAMS = {
     "kd": {},
     "crd": {"crd": {"nce_k": 64}},
     "rdd": {"rdd": {"nce_k": 64, "pool_k": 32, "gamma": "auto", "refresh_every": 1}},
+    "rrd": {"rrd": {"queue_size": 256}},  # a FIFO queue of teacher embeddings
     "rdd_curriculum": {},  # a data schedule: the easiest 40 %, then 70 % of the samples (RDX-ranked)
 }
 SCHEDULES = {"rdd_curriculum": {"phi0": 0.4, "e_pace": 3}}
@@ -126,6 +127,14 @@ def test_curriculum_subset_is_shared_and_sharded(runs):
         a, b = set(ddp[0]["seen"][epoch]), set(ddp[1]["seen"][epoch])
         assert len(a) == len(b) == size // 2 and not a & b  # disjoint halves
         assert a | b == set(easiest[:size].tolist()) == set(single["seen"][epoch])
+
+
+def test_rrd_queue_holds_the_global_batches(runs):
+    """The queue received both processes' embeddings: the same rows, in the same order, as one process."""
+    ddp, single = runs[1]["rrd"]
+    q = "terms.rrd.queue"
+    assert torch.equal(ddp[0]["objective"][q], ddp[1]["objective"][q])
+    assert int(ddp[0]["objective"]["terms.rrd.queue_ptr"]) == int(single["objective"]["terms.rrd.queue_ptr"]) == 800 % 256
 
 
 @pytest.mark.parametrize("method", ["crd", "rdd"])
