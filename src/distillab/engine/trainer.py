@@ -171,12 +171,12 @@ class Trainer:
         self.teacher_taps = ({n: resolve_feature(self.teacher, n) for n in objective.feature_requests("teacher")}
                              if self.teacher is not None else {})
         train_labels = getattr(data.train, "labels", None)
+        teacher_shapes = (probe_shapes(self.teacher, self.teacher_taps, data.input_shape, self.device)
+                          if self.teacher is not None else {})
         objective.setup(SetupContext(
             num_classes=data.num_classes, num_train=len(data.train),
             student_shapes=probe_shapes(self.student, self.student_taps, data.input_shape, self.device),
-            teacher_shapes=(probe_shapes(self.teacher, self.teacher_taps, data.input_shape, self.device)
-                            if self.teacher is not None else {}),
-            data=data, train_labels=train_labels, student=self.student, teacher=self.teacher))
+            teacher_shapes=teacher_shapes, data=data, train_labels=train_labels, student=self.student, teacher=self.teacher))
         self.objective.to(self.device)
         if cfg.train.compile:  # in place: the modules (and the feature hooks on their submodules) stay the same
             self.student.compile()
@@ -202,7 +202,8 @@ class Trainer:
                                        shard="split")
         self.augment = AugmentPlan(data.augment if cfg.data.augment else None, len(data.train),
                                    variants=cfg.data.augment_variants, seed=cfg.seed, device=self.device)
-        self.teacher_cache = self._build_teacher_cache() if t.teacher_cache and self.teacher is not None else None
+        self.teacher_cache = (self._build_teacher_cache(teacher_shapes)
+                              if t.teacher_cache and self.teacher is not None else None)
         self.optimizer = build_optimizer(list(self.student.parameters()) + list(self.objective.parameters()),
                                          cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.epochs)
@@ -267,18 +268,16 @@ class Trainer:
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.memory_format is None else x.contiguous(memory_format=self.memory_format)
 
-    def _build_teacher_cache(self) -> TeacherCache:
-        """The teacher-output cache (``train.teacher_cache``): logits and pooled teacher features only."""
-        shapes = probe_shapes(self.teacher, self.teacher_taps, self.data.input_shape, self.device)
+    def _build_teacher_cache(self, shapes: dict[str, torch.Size]) -> TeacherCache:
+        """The teacher-output cache (``train.teacher_cache``): logits and pooled teacher features only.
+        ``shapes``: the teacher features' probed shapes; the logits have one column per class."""
         maps = sorted(n for n, shape in shapes.items() if len(shape) > 2)
         if maps:
             raise ValueError(
                 f"train.teacher_cache stores teacher logits and pooled feature vectors, but method "
                 f"{self.cfg.method.name!r} reads teacher feature maps ({', '.join(maps)}): turn the cache off")
-        with torch.no_grad():
-            logits = self.teacher(torch.zeros(1, *self.data.input_shape, device=self.device))
         dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-        return TeacherCache(len(self.data.train), self.augment.key_space, logits.shape[1],
+        return TeacherCache(len(self.data.train), self.augment.key_space, self.data.num_classes,
                             {n: tuple(shape[1:]) for n, shape in shapes.items()},
                             dtype=dtypes[self.cfg.train.teacher_cache_dtype], device=self.device,
                             max_bytes=int(self.cfg.train.teacher_cache_max_gb * 2**30))
