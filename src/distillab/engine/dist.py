@@ -138,9 +138,14 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def share(n: int, rank_: int, world: int) -> tuple[int, int]:
+    """Rank ``rank_``'s contiguous share [start, end) of ``n`` rows over ``world`` ranks (the first
+    ranks take one more)."""
+    per, extra = divmod(n, world)
+    start = rank_ * per + min(rank_, extra)
+    return start, start + per + (1 if rank_ < extra else 0)
+
+
 def shard_range(n: int) -> tuple[int, int]:
-    """This rank's contiguous share [start, end) of ``n`` rows (the first ranks take one more)."""
-    w, r = world_size(), rank()
-    per, extra = divmod(n, w)
-    start = r * per + min(r, extra)
-    return start, start + per + (1 if r < extra else 0)
+    """This rank's contiguous share [start, end) of ``n`` rows in the running process group."""
+    return share(n, rank(), world_size())

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from distillab.data.base import ArrayDataset
-from distillab.engine.dist import DistInfo
+from distillab.engine.dist import DistInfo, share
 
 
 def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -67,21 +67,20 @@ class BatchLoader:
             base = base[perm]
         w = self.dist.world_size
         if w > 1 and self.shard == "split":
-            per, extra = divmod(len(base), w)
-            start = self.dist.rank * per + min(self.dist.rank, extra)
-            return base[start:start + per + (1 if self.dist.rank < extra else 0)]
+            start, end = share(len(base), self.dist.rank, w)
+            return base[start:end]
         if w > 1:
             pad = math.ceil(len(base) / w) * w - len(base)
-            if pad:
-                base = torch.cat([base, base[:pad].repeat(math.ceil(pad / max(len(base), 1)))[:pad]])
+            if pad:  # the first samples again (more than once when there are fewer samples than ranks)
+                base = torch.cat([base, base.repeat(math.ceil(pad / len(base)))[:pad]])
             per_rank = []
             g = self.batch_size * w
             for start in range(0, len(base), g):
                 chunk = base[start:start + g]
                 if self.drop_last and len(chunk) < g:
                     break
-                share = len(chunk) // w
-                per_rank.append(chunk[self.dist.rank * share:(self.dist.rank + 1) * share])
+                part = len(chunk) // w
+                per_rank.append(chunk[self.dist.rank * part:(self.dist.rank + 1) * part])
             base = torch.cat(per_rank) if per_rank else base[:0]
         return base
 
@@ -89,8 +88,8 @@ class BatchLoader:
         n = len(self.subset) if self.subset is not None else len(self.dataset)
         w = self.dist.world_size
         if w > 1 and self.shard == "split":
-            n = n // w + (1 if self.dist.rank < n % w else 0)
-            return math.ceil(n / self.batch_size)
+            start, end = share(n, self.dist.rank, w)
+            return math.ceil((end - start) / self.batch_size)
         n = math.ceil(n / w) * w
         g = self.batch_size * w
         return n // g if self.drop_last else math.ceil(n / g)
