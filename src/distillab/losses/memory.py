@@ -82,6 +82,7 @@ class ContrastMemory(nn.Module):
         self.teacher = MomentumMemory(num_data, dim, momentum)  # RepDistiller's memory_v2
         self.register_buffer("z_student", torch.tensor(-1.0))  # normaliser of the student anchor's scores
         self.register_buffer("z_teacher", torch.tensor(-1.0))  # normaliser of the teacher anchor's scores
+        self._z_frozen: set[str] = set()  # anchor sides whose Z has been set in this process
 
     def log_probs(self, anchors: torch.Tensor, contrast_index: torch.Tensor, side: str) -> torch.Tensor:
         """log P (B, K + 1) of the ``side`` anchors (B, dim) against the other side's bank at ``contrast_index``.
@@ -93,10 +94,16 @@ class ContrastMemory(nn.Module):
         bank = self.teacher if side == "student" else self.student
         z = self.z_student if side == "student" else self.z_teacher
         logits = bank.scores(anchors, contrast_index) / self.temperature
-        with torch.no_grad():  # first batch: Z from this batch; later: unchanged (no host sync to ask which)
-            mean = comm.all_reduce_(logits.exp().mean(), "mean")  # the global batch's mean (equal rank batches)
-            z.copy_(torch.where(z < 0, mean * self.num_data, z))
+        if side not in self._z_frozen:  # first batch: Z from this batch; later: unchanged
+            with torch.no_grad():  # (no host sync to ask which: a loaded Z >= 0 is kept as it is)
+                mean = comm.all_reduce_(logits.exp().mean(), "mean")  # the global batch's (equal rank batches)
+                z.copy_(torch.where(z < 0, mean * self.num_data, z))
+            self._z_frozen.add(side)  # no more per-step work (or, under DDP, collective) for this side
         return logits - z.log()
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._z_frozen.clear()  # the loaded Z may be unset (-1): the next batch decides again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def update(self, index: torch.Tensor, v_student: torch.Tensor | None, v_teacher: torch.Tensor | None) -> None:
         """Momentum update of both banks at the anchors' own indices (a side given as None is left alone).
