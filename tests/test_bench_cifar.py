@@ -98,13 +98,15 @@ def test_pairs_that_differ_from_the_resnet_defaults_set_their_stages(tmp_path):
     obj = {(s.pair, s.label): build_objective(s.load().method) for s in runs}
     vgg = "vgg13-vgg8"
     for label in ("at", "nst", "vid", "ofd"):  # RepDistiller's feat[1:-1] on VGG: four blocks after the stem
-        assert obj[vgg, label].terms[label].stages == (1, 2, 3, 4)
-    assert obj[vgg, "reviewkd"].terms["reviewkd"].stages == (1, 2, 3, 4)
+        kind = "preact" if label == "ofd" else "stage"
+        assert obj[vgg, label].terms[label].student_features == tuple(f"{kind}{i}" for i in range(1, 5))
+    assert obj[vgg, "reviewkd"].terms["reviewkd"].student_features == (
+        "stage1", "stage2", "stage3", "stage4", "embedding")
     assert obj[vgg, "ab"].terms["ab"].student_features == ("preact1", "preact2", "preact3", "preact4")
     assert obj[vgg, "fsp"].terms["fsp"].student_features == tuple(f"stage{i}" for i in range(5))
     assert obj[vgg, "ft"].stages[0].lr == 0.05  # RepDistiller's 0.01 paraphraser rate is for resnet/wrn only
     for pair in ("wrn_40_2-wrn_16_2", "resnet56-resnet20", "resnet32x4-resnet8x4", "resnet32x4-ShuffleV2"):
-        assert obj[pair, "at"].terms["at"].stages == (1, 2, 3)
+        assert obj[pair, "at"].terms["at"].student_features == ("stage1", "stage2", "stage3")
         assert obj[pair, "ft"].stages[0].lr == 0.01
     assert obj["resnet56-resnet20", "reviewkd"].weights["reviewkd"] == 0.6
     assert obj["resnet32x4-ShuffleV2", "reviewkd"].weights["reviewkd"] == 8.0

@@ -8,12 +8,15 @@ model itself is never modified; hooks are removed on :meth:`FeatureTaps.remove` 
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from torch import nn
 
 from distillab.registry import unknown_name_message
+
+if TYPE_CHECKING:
+    from distillab.models.base import FeatureStage
 
 
 def resolve_module(model: nn.Module, path: str) -> nn.Module:
@@ -143,3 +146,54 @@ def embed_batches(model: nn.Module, batches, name: str = "the model") -> torch.T
                                  f"{tuple(x.shape[1:])}: {exc}") from None
             out.append(taps.pop()["embedding"].flatten(1).float().cpu())
     return torch.cat(out)
+
+
+def feature_name(term: str, value, kind: str = "stage", option: str = "feature") -> str:
+    """One feature option as a name: an int ``i`` (the older spelling) becomes ``f"{kind}{i}"``, a
+    non-empty string is kept; anything else is a ValueError naming ``term`` and ``option``."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+        raise ValueError(f"{term}: {option} takes feature names such as '{kind}1' (or feature_info indices), "
+                         f"got {value!r}")
+    return f"{kind}{value}" if isinstance(value, int) else value
+
+
+def feature_names(term: str, values, kind: str = "stage", option: str = "stages") -> tuple[str, ...]:
+    """A list option of features as names (see :func:`feature_name`): non-empty, without repeats."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"{term}: {option} must be a list of feature names, got {values!r}")
+    names = tuple(feature_name(term, v, kind, option) for v in values)
+    if not names:
+        raise ValueError(f"{term}: {option} must name at least one feature, got an empty list")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{term}: {option} names {repeated} more than once ({list(values)})")
+    return names
+
+
+def stage_reference(name: str) -> tuple[str, int] | None:
+    """``("stage", i)`` / ``("preact", i)`` for a name ``"stage<i>"`` / ``"preact<i>"``, else None."""
+    for prefix in ("stage", "preact"):
+        rest = name[len(prefix):]
+        if name.startswith(prefix) and rest.lstrip("-").isdigit():
+            return prefix, int(rest)
+    return None
+
+
+def feature_stage(model: nn.Module, name: str) -> FeatureStage:
+    """The ``feature_info`` entry (a :class:`~distillab.models.FeatureStage`) that feature ``name`` reads:
+    ``"stage<i>"`` / ``"preact<i>"`` (negative ``i`` counts from the end) or a module path equal to a
+    stage's ``name`` or ``preact``. Any other name is a ValueError."""
+    info = getattr(model, "feature_info", None)
+    if info is None:
+        raise ValueError(f"{name!r}: {type(model).__name__} has no feature_info, so no feature stage to read")
+    ref = stage_reference(name)
+    if ref is not None:
+        i = ref[1]
+        if not -len(info) <= i < len(info):
+            raise ValueError(f"{name!r}: {type(model).__name__} has {len(info)} feature stages")
+        return info[i]
+    for stage in info:
+        if name in (stage.name, stage.preact):
+            return stage
+    raise ValueError(f"{name!r} is not a feature stage of {type(model).__name__}: use 'stage<i>' or "
+                     f"'preact<i>' (i < {len(info)}) or one of {[s.name for s in info]}")

@@ -1,10 +1,13 @@
 """Feature-based terms: FitNet, AT, NST, VID and OFD (ReviewKD lives in ``review.py``).
 
-Stages are chosen by index into the models' ``feature_info`` (negative counts from the end). RepDistiller's
-``is_feat`` list maps onto it as ``feat[0]`` = ``stage0`` (the stem), ``feat[1:-1]`` = ``stage1`` ..
-``stage-1``, ``feat[-1]`` = ``embedding``; the defaults below are the reference's choice for the CIFAR
-ResNets and WRNs (``stages = (1, 2, 3)``). Models without a separate stem (MNIST-1D's ``cnn1d``) or with
-more stages (VGG, MobileNetV2, ResNet50: ``feat[1:-1]`` is stages 1-4) set the list in their config.
+Features are chosen by name (:func:`~distillab.features.resolve_feature`): ``"stage<i>"`` / ``"preact<i>"``
+(entry ``i`` of the model's ``feature_info``, negative counts from the end) or a module tap address. An
+integer ``i``, the older spelling, is still accepted and read as ``"stage<i>"`` (``"preact<i>"`` for OFD).
+RepDistiller's ``is_feat`` list maps onto the names as ``feat[0]`` = ``stage0`` (the stem), ``feat[1:-1]``
+= ``stage1`` .. ``stage-1``, ``feat[-1]`` = ``embedding``; the defaults below are the reference's choice for
+the CIFAR ResNets and WRNs (``stage1``-``stage3``). Models without a separate stem (MNIST-1D's ``cnn1d``) or
+with more stages (VGG, MobileNetV2, ResNet50: ``feat[1:-1]`` is ``stage1``-``stage4``) set the list in
+their config.
 Every term takes 1-D maps (B, C, L) as well as 2-D maps (B, C, H, W).
 """
 
@@ -17,22 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillab.features import resolve_module
+from distillab.features import feature_name, feature_names, feature_stage, resolve_module
 from distillab.losses.base import LOSSES, Batch, LossTerm, SetupContext
 from distillab.losses.common import adaptive_pool, match_spatial
 from distillab.losses.connectors import ConvBN, ConvReg, conv1x1_regressor, require_maps
 from distillab.methods import StageSpec, register_method
 
-REFERENCE_STAGES = (1, 2, 3)  # RepDistiller's feat[1:-1] on a CIFAR ResNet/WRN: the three residual stages
+REFERENCE_STAGES = ("stage1", "stage2", "stage3")  # RepDistiller's feat[1:-1] on a CIFAR ResNet/WRN
+REFERENCE_PREACTS = ("preact1", "preact2", "preact3")  # the same three stages before their last ReLU (OFD)
+HINT_FEATURE = "stage2"  # RepDistiller's --hint_layer 2: feat[2]
 HINT_EPOCHS = 30  # RepDistiller's --init_epochs, the length of FitNet's hint stage (fitnet2)
-
-
-def stage_list(method: str, stages: Sequence[int]) -> tuple[int, ...]:
-    """Validate a ``stages`` option: a non-empty list of distinct integers."""
-    out = tuple(stages)
-    if not out or not all(isinstance(i, int) and not isinstance(i, bool) for i in out) or len(set(out)) != len(out):
-        raise ValueError(f"{method}: stages must be a non-empty list of distinct feature_info indices, got {list(out)}")
-    return out
 
 
 def _pairs(ctx: SetupContext, student: Sequence[str], teacher: Sequence[str]) -> dict[str, tuple]:
@@ -48,8 +45,8 @@ class FitNetHint(LossTerm):
     arXiv 1412.6550).
 
     L = mean over (B, C, H, W) of (r(f_s) - f_t)^2, where f_s, f_t are the student's and teacher's
-    stage ``hint_layer`` outputs (after their ReLU) and r is :class:`ConvReg` (conv, BN, ReLU) sized
-    from the probed shapes.
+    ``feature`` (by default ``stage2``, a stage output after its ReLU) and r is :class:`ConvReg` (conv, BN,
+    ReLU) sized from the probed shapes.
 
     Reference (RepDistiller ``distiller_zoo/FitNet.py`` ``HintLoss``, ``models/util.py`` ``ConvReg``;
     mdistiller ``distillers/FitNet.py``): ``--hint_layer 2`` = ``feat[2]`` = ``stage2`` of both models;
@@ -66,30 +63,45 @@ class FitNetHint(LossTerm):
     student's BN runs in train mode so its statistics follow the weights being fitted), then the main
     stage with the project's KD preset, 0.1 CE + 0.9 KD at T = 4, a fixed weight where the paper anneals.
 
-    hint_layer: the feature_info index used on both models (negative counts from the end).
+    feature: the student's hint feature (None: ``stage2``, RepDistiller's ``--hint_layer 2``; an integer
+        ``i`` reads as ``stage<i>``).
+    teacher_feature: the teacher's (None: the same name as ``feature``).
+    hint_layer: the older spelling, an integer ``i`` for ``feature = "stage<i>"``; not together with ``feature``.
+        The presets leave both unset (the default is the reference's ``stage2``), so a config that still sets
+        ``hint_layer`` on the ``fitnet`` or ``fitnet2`` preset keeps working.
     """
 
-    def __init__(self, hint_layer: int = 2) -> None:
+    def __init__(self, feature: str | int | None = None, teacher_feature: str | int | None = None,
+                 hint_layer: int | None = None) -> None:
         super().__init__()
-        if not isinstance(hint_layer, int) or isinstance(hint_layer, bool):
-            raise ValueError(f"fitnet: hint_layer must be an integer feature_info index, got {hint_layer!r}")
+        if hint_layer is not None:
+            if not isinstance(hint_layer, int) or isinstance(hint_layer, bool):
+                raise ValueError(f"fitnet: hint_layer must be an integer feature_info index, got {hint_layer!r}")
+            if feature is not None:
+                raise ValueError(f"fitnet: give feature ({feature!r}) or its older spelling hint_layer "
+                                 f"({hint_layer!r}), not both")
+            feature = f"stage{hint_layer}"
         self.hint_layer = hint_layer
-        self.student_features = self.teacher_features = (f"stage{hint_layer}",)
+        self.feature = feature_name("fitnet", HINT_FEATURE if feature is None else feature)
+        self.teacher_feature = (self.feature if teacher_feature is None
+                                else feature_name("fitnet", teacher_feature, option="teacher_feature"))
+        self.student_features, self.teacher_features = (self.feature,), (self.teacher_feature,)
         self.regressor: nn.Module = nn.Identity()
 
     def setup(self, ctx: SetupContext) -> None:
-        name = self.student_features[0]
-        s, t = ctx.student_shapes[name], ctx.teacher_shapes[name]
-        require_maps("fitnet", {name: (s, t)})
+        s, t = ctx.student_shapes[self.feature], ctx.teacher_shapes[self.teacher_feature]
+        label = (self.feature if self.teacher_feature == self.feature
+                 else f"{self.feature}/{self.teacher_feature}")
+        require_maps("fitnet", {label: (s, t)})
         try:
             self.regressor = ConvReg(s, t)
         except ValueError as exc:
-            raise ValueError(f"fitnet (hint_layer {self.hint_layer}): {exc}") from None
+            where = f"hint_layer {self.hint_layer}" if self.hint_layer is not None else label
+            raise ValueError(f"fitnet ({where}): {exc}") from None
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        name = self.student_features[0]
-        f_s = self.regressor(batch.student.features[name])
-        return F.mse_loss(f_s.float(), batch.teacher.features[name].float())
+        f_s = self.regressor(batch.student.features[self.feature])
+        return F.mse_loss(f_s.float(), batch.teacher.features[self.teacher_feature].float())
 
 
 # ------------------------------------------------------------------------------------------------------ AT
@@ -119,16 +131,16 @@ class AttentionTransfer(LossTerm):
     default) they agree; for odd p we use |f|^p, the paper's definition. The reference pools to a square
     from the heights alone; we pool to the smaller map's exact size (the same on square maps).
 
-    p: the power. stages: feature_info indices compared on both models.
+    p: the power. stages: features compared on both models (an integer ``i`` reads as ``stage<i>``).
     """
 
-    def __init__(self, p: float = 2.0, stages: Sequence[int] = REFERENCE_STAGES) -> None:
+    def __init__(self, p: float = 2.0, stages: Sequence[str | int] = REFERENCE_STAGES) -> None:
         super().__init__()
         if p <= 0:
             raise ValueError(f"at: p must be positive, got {p}")
         self.p = p
-        self.stages = stage_list("at", stages)
-        self.student_features = self.teacher_features = tuple(f"stage{i}" for i in self.stages)
+        self.stages = feature_names("at", stages)
+        self.student_features = self.teacher_features = self.stages
 
     def setup(self, ctx: SetupContext) -> None:
         require_maps("at", _pairs(ctx, self.student_features, self.teacher_features))
@@ -172,13 +184,13 @@ class NeuronSelectivityTransfer(LossTerm):
     polynomial kernel of degree 2 with c = 0, stages ``feat[1:-1]``, CIFAR-100 weight 50 (CE 1). The
     paper's objective also has a KD term; the CIFAR references train NST with CE only, as here.
 
-    stages: feature_info indices compared on both models.
+    stages: features compared on both models (an integer ``i`` reads as ``stage<i>``).
     """
 
-    def __init__(self, stages: Sequence[int] = REFERENCE_STAGES) -> None:
+    def __init__(self, stages: Sequence[str | int] = REFERENCE_STAGES) -> None:
         super().__init__()
-        self.stages = stage_list("nst", stages)
-        self.student_features = self.teacher_features = tuple(f"stage{i}" for i in self.stages)
+        self.stages = feature_names("nst", stages)
+        self.student_features = self.teacher_features = self.stages
 
     def setup(self, ctx: SetupContext) -> None:
         require_maps("nst", _pairs(ctx, self.student_features, self.teacher_features))
@@ -218,19 +230,20 @@ class VID(LossTerm):
     the sizes differ the larger map is adaptive-average-pooled first (the student before its regressor).
     The paper's mid width is not fixed; ``mid_channels`` overrides it.
 
-    stages: feature_info indices. init_pred_var, eps: the variance at initialisation and its floor.
+    stages: features compared on both models (an integer ``i`` reads as ``stage<i>``).
+    init_pred_var, eps: the variance at initialisation and its floor.
     mid_channels: the regressor's hidden width (None: the teacher's channel count, as the reference).
     """
 
-    def __init__(self, stages: Sequence[int] = REFERENCE_STAGES, init_pred_var: float = 5.0, eps: float = 1e-5,
-                 mid_channels: int | None = None) -> None:
+    def __init__(self, stages: Sequence[str | int] = REFERENCE_STAGES, init_pred_var: float = 5.0,
+                 eps: float = 1e-5, mid_channels: int | None = None) -> None:
         super().__init__()
         if eps <= 0 or init_pred_var <= eps:
             raise ValueError(f"vid: needs 0 < eps < init_pred_var, got eps={eps}, init_pred_var={init_pred_var}")
         if mid_channels is not None and mid_channels < 1:
             raise ValueError(f"vid: mid_channels must be positive, got {mid_channels}")
-        self.stages = stage_list("vid", stages)
-        self.student_features = self.teacher_features = tuple(f"stage{i}" for i in self.stages)
+        self.stages = feature_names("vid", stages)
+        self.student_features = self.teacher_features = self.stages
         self.init_pred_var, self.eps, self.mid_channels = init_pred_var, eps, mid_channels
         self.heads = nn.ModuleList()
 
@@ -303,17 +316,19 @@ class OFD(LossTerm):
     that is a bug we do not copy: the teacher stays in eval mode. The paper's CIFAR recipe also adds KD
     on some pairs; the reference's CIFAR preset is CE + OFD, as here.
 
-    stages: feature_info indices (each needs a ``preact`` tap on both models and a ``bn`` on the teacher).
+    stages: pre-activation features compared on both models (an integer ``i`` reads as ``preact<i>``); each
+        must name a stage of the teacher's ``feature_info`` (:func:`~distillab.features.feature_stage`) whose
+        ``bn`` gives the margins.
     kernel_size: the connector's convolution size.
     """
 
-    def __init__(self, stages: Sequence[int] = REFERENCE_STAGES, kernel_size: int = 1) -> None:
+    def __init__(self, stages: Sequence[str | int] = REFERENCE_PREACTS, kernel_size: int = 1) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"ofd: kernel_size must be a positive odd integer, got {kernel_size}")
-        self.stages = stage_list("ofd", stages)
+        self.stages = feature_names("ofd", stages, kind="preact")
         self.kernel_size = kernel_size
-        self.student_features = self.teacher_features = tuple(f"preact{i}" for i in self.stages)
+        self.student_features = self.teacher_features = self.stages
         self.connectors = nn.ModuleList()
         n = len(self.stages)
         self.stage_weights = [2.0 ** -(n - 1 - k) for k in range(n)]
@@ -326,16 +341,20 @@ class OFD(LossTerm):
             raise ValueError("ofd: reads its margins from the teacher's BatchNorms through feature_info[i].bn; "
                              f"{type(ctx.teacher).__name__} describes no feature_info")
         self.connectors = nn.ModuleList(ConvBN(dims, s[1], t[1], self.kernel_size) for s, t in pairs.values())
-        for k, (i, (_, t)) in enumerate(zip(self.stages, pairs.values())):
-            stage = info[i]
+        for k, (name, (_, t)) in enumerate(zip(self.stages, pairs.values())):
+            try:
+                stage = feature_stage(ctx.teacher, name)
+            except ValueError as exc:
+                raise ValueError(f"ofd: reads each margin from the BatchNorm of a teacher stage: {exc}") from None
             if stage.bn is None:
-                raise ValueError(f"ofd: teacher stage {i} ({stage.name!r}) of {type(ctx.teacher).__name__} names no "
-                                 "BatchNorm before its ReLU (FeatureStage.bn), so no margin can be computed; "
-                                 "choose other stages with method.params.ofd.stages or another teacher")
+                raise ValueError(f"ofd: teacher stage {info.index(stage)} ({stage.name!r}, feature {name!r}) of "
+                                 f"{type(ctx.teacher).__name__} names no BatchNorm before its ReLU "
+                                 "(FeatureStage.bn), so no margin can be computed; choose other stages with "
+                                 "method.params.ofd.stages or another teacher")
             bn = resolve_module(ctx.teacher, stage.bn)
             if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.num_features != t[1] or not bn.affine:
                 raise ValueError(f"ofd: teacher module {stage.bn!r} should be an affine BatchNorm over the "
-                                 f"{t[1]} channels of preact{i}, found {bn}")
+                                 f"{t[1]} channels of {name}, found {bn}")
             self.register_buffer(f"margin{k}", bn_margin(bn.weight, bn.bias))
 
     def margin(self, k: int, dims: int) -> torch.Tensor:
@@ -355,13 +374,14 @@ class OFD(LossTerm):
 register_method(
     "fitnet",
     "FitNet: CE + 100 x MSE between ConvReg(student stage 2) and the teacher's stage 2, single stage",
-    {"ce": ("ce", 1.0), "hint": ("fitnet", 100.0, {"hint_layer": 2})},
+    # no feature option: FitNetHint's default is stage2, and one here would clash with an old config's hint_layer
+    {"ce": ("ce", 1.0), "hint": ("fitnet", 100.0)},
     reference="Romero et al. 2015; RepDistiller --distill hint --hint_layer 2 -b 100; mdistiller FITNET",
 )
 register_method(
     "fitnet2",
     "FitNet, the paper's two stages: 30 epochs of hint on body + regressor, then 0.1 CE + 0.9 KD",
-    {"ce": ("ce", 0.1), "kd": ("kd", 0.9, {"temperature": 4.0}), "hint": ("fitnet", 0.0, {"hint_layer": 2})},
+    {"ce": ("ce", 0.1), "kd": ("kd", 0.9, {"temperature": 4.0}), "hint": ("fitnet", 0.0)},
     reference="Romero et al. 2015 (stage 1: hint, stage 2: KD); stage length RepDistiller --init_epochs 30; "
               "KD weights of RepDistiller's kd preset",
     # The hint stage trains the student body and the regressor on the hint loss alone (see FitNetHint); the

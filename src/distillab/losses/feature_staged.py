@@ -8,7 +8,8 @@ Feature names follow RepDistiller's ``is_feat`` list ``feat[0..n]``: ``feat[0]``
 ``"stage0"``, ``feat[1:-1]`` are ``"stage1"`` .. ``"stage-1"`` (``"preact<i>"`` before the last ReLU),
 ``feat[-1]`` is ``"embedding"``. The defaults are the reference's choice for the CIFAR ResNets and WRNs
 (stem + three stages); models without a separate stem (MNIST-1D's ``cnn1d``) set the lists in their
-config. Every term takes 1-D maps (B, C, L) as well as 2-D maps (B, C, H, W).
+config. An integer ``i`` is accepted for a name (``"stage<i>"``; ``"preact<i>"`` for AB). Every term takes
+1-D maps (B, C, L) as well as 2-D maps (B, C, H, W).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillab.features import feature_name, feature_names
 from distillab.losses.base import LOSSES, Batch, LossTerm, SetupContext
 from distillab.losses.common import match_spatial
 from distillab.losses.connectors import ConvReg, batch_norm, conv_layer, conv_transpose_layer, require_maps
@@ -65,8 +67,8 @@ class FSP(LossTerm):
     reduction. The paper writes (1 / N) sum over samples and pairs of lambda_k ||G_k^t - G_k^s||_2^2 with
     equal lambda_k, i.e. a sum over matrix entries where the code takes their mean.
 
-    stages: student features compared, shallow to deep; the default is RepDistiller's ``feat[:-1]``
-        (stem and the three stage outputs of a CIFAR ResNet/WRN).
+    stages: student features compared, shallow to deep (an integer ``i`` reads as ``stage<i>``); the
+        default is RepDistiller's ``feat[:-1]`` (stem and the three stage outputs of a CIFAR ResNet/WRN).
     teacher_stages: the teacher's features (None: the same names as ``stages``).
 
     Both models need the same channel count at every compared stage, or their matrices cannot be
@@ -82,11 +84,12 @@ class FSP(LossTerm):
     but its main loop sets the FSP loss to 0 (``loss_kd = 0``), so the weight is never used.
     """
 
-    def __init__(self, stages: Sequence[str] = ("stage0", "stage1", "stage2", "stage3"),
-                 teacher_stages: Sequence[str] | None = None) -> None:
+    def __init__(self, stages: Sequence[str | int] = ("stage0", "stage1", "stage2", "stage3"),
+                 teacher_stages: Sequence[str | int] | None = None) -> None:
         super().__init__()
-        self.student_features = tuple(stages)
-        self.teacher_features = tuple(teacher_stages) if teacher_stages is not None else self.student_features
+        self.student_features = feature_names("fsp", stages)
+        self.teacher_features = (self.student_features if teacher_stages is None
+                                 else feature_names("fsp", teacher_stages, option="teacher_stages"))
         if len(self.student_features) < 2:
             raise ValueError(f"fsp: needs at least two stages to form a matrix, got {list(self.student_features)}")
         if len(self.teacher_features) != len(self.student_features):
@@ -154,7 +157,8 @@ class ActivationBoundary(LossTerm):
     CIFAR ResNet/WRN before their last ReLU), stage weights 2^(k - n + 1), each stage divided by B and
     multiplied by ``scale`` = 3 / 1000. The paper states no such scale; it comes from the reference code.
 
-    stages / teacher_stages: pre-activation features, shallow to deep (teacher None: the same names).
+    stages / teacher_stages: pre-activation features, shallow to deep (an integer ``i`` reads as ``preact<i>``;
+        teacher None: the same names).
     margin: m. scale: the constant multiplier of the whole loss.
     always_connect: RepDistiller's ``Connector`` is the identity at a stage whose student and teacher
         maps already agree in channels and size (so resnet32x4 -> resnet8x4 has no connector at all);
@@ -166,14 +170,15 @@ class ActivationBoundary(LossTerm):
     ``-b`` weight is unused).
     """
 
-    def __init__(self, stages: Sequence[str] = ("preact1", "preact2", "preact3"),
-                 teacher_stages: Sequence[str] | None = None, margin: float = 1.0, scale: float = 3 / 1000,
+    def __init__(self, stages: Sequence[str | int] = ("preact1", "preact2", "preact3"),
+                 teacher_stages: Sequence[str | int] | None = None, margin: float = 1.0, scale: float = 3 / 1000,
                  always_connect: bool = False) -> None:
         super().__init__()
-        self.student_features = tuple(stages)
-        self.teacher_features = tuple(teacher_stages) if teacher_stages is not None else self.student_features
-        if not self.student_features or len(self.teacher_features) != len(self.student_features):
-            raise ValueError(f"ab: needs as many teacher stages as student stages (at least one), got "
+        self.student_features = feature_names("ab", stages, kind="preact")
+        self.teacher_features = (self.student_features if teacher_stages is None
+                                 else feature_names("ab", teacher_stages, kind="preact", option="teacher_stages"))
+        if len(self.teacher_features) != len(self.student_features):
+            raise ValueError(f"ab: needs as many teacher stages as student stages, got "
                              f"{list(self.student_features)} and {list(self.teacher_features)}")
         if margin <= 0:
             raise ValueError(f"ab: margin must be positive, got {margin}")
@@ -278,7 +283,8 @@ class FactorTransfer(LossTerm):
     mean, to which the CIFAR-100 weight 200 (RepDistiller ``-b 200``, CE 1) is tuned; with the
     ``attention`` factor the term shrinks as 1 / sqrt(positions), so maps smaller than 8x8 want less.
 
-    student_feature / teacher_feature: the maps used (default ``stage-1``: RepDistiller's ``feat[-2]``).
+    student_feature / teacher_feature: the maps used (default ``stage-1``: RepDistiller's ``feat[-2]``; an
+        integer ``i`` reads as ``stage<i>``).
     rate: k, the paraphraser's factor channels as a fraction of the teacher's (0.5, as the reference).
     paraphraser_bn / translator_bn: BatchNorm after each conv (reference: off / on).
 
@@ -287,7 +293,8 @@ class FactorTransfer(LossTerm):
     otherwise (0.05 for vgg, 0.01 for MobileNet/ShuffleNet); set ``method.stages.init.lr`` per config.
     """
 
-    def __init__(self, student_feature: str = "stage-1", teacher_feature: str = "stage-1", rate: float = 0.5,
+    def __init__(self, student_feature: str | int = "stage-1", teacher_feature: str | int = "stage-1",
+                 rate: float = 0.5,
                  factor: Literal["attention", "flat"] = "attention", paraphraser_bn: bool = False,
                  translator_bn: bool = True) -> None:
         super().__init__()
@@ -295,8 +302,8 @@ class FactorTransfer(LossTerm):
             raise ValueError(f"ft: rate must be positive, got {rate}")
         if factor not in ("attention", "flat"):
             raise ValueError(f"ft: factor must be 'attention' (RepDistiller) or 'flat' (the paper), got {factor!r}")
-        self.student_features = (student_feature,)
-        self.teacher_features = (teacher_feature,)
+        self.student_features = (feature_name("ft", student_feature, option="student_feature"),)
+        self.teacher_features = (feature_name("ft", teacher_feature, option="teacher_feature"),)
         self.rate = rate
         self.factor = factor
         self.paraphraser_bn = paraphraser_bn

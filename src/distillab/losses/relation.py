@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from distillab.features import feature_name
 from distillab.losses.base import LOSSES, Batch, LossTerm, SetupContext
 from distillab.losses.common import Embed
 from distillab.methods import register_method
@@ -95,15 +96,15 @@ class RKD(LossTerm):
     are 1 and 2; the CIFAR numbers come from the code's 25 / 50. We sum squared distances from the
     differences instead of |a|^2 + |b|^2 - 2<a, b>: the same value without the cancellation error.
 
-    feature: the feature compared (any feature name; maps are flattened).
+    feature: the feature compared (any feature name, an integer ``i`` reads as ``stage<i>``; maps are flattened).
     """
 
-    def __init__(self, w_dist: float = 25.0, w_angle: float = 50.0, feature: str = "embedding") -> None:
+    def __init__(self, w_dist: float = 25.0, w_angle: float = 50.0, feature: str | int = "embedding") -> None:
         super().__init__()
         if w_dist < 0 or w_angle < 0:
             raise ValueError(f"w_dist and w_angle must be non-negative, got {w_dist} and {w_angle}")
-        self.w_dist, self.w_angle, self.feature = w_dist, w_angle, feature
-        self.student_features = self.teacher_features = (feature,)
+        self.w_dist, self.w_angle, self.feature = w_dist, w_angle, feature_name("rkd", feature)
+        self.student_features = self.teacher_features = (self.feature,)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         loss_d, loss_a = rkd_parts(batch.student.features[self.feature], batch.teacher.features[self.feature],
@@ -140,13 +141,14 @@ class SP(LossTerm):
     Reference defaults (RepDistiller ``distiller_zoo/SP.py``, applied to ``feat[-2]``, the last residual
     stage: our ``"stage-1"``): CIFAR-100 weight 3000 next to CE 1 (``-a 0 -b 3000``). The paper sums the
     loss over several layer pairs; RepDistiller (and this preset) uses the last stage only; ``feature``
-    picks another. RepDistiller returns a 1-element tensor; this returns a scalar.
+    picks another (any feature name; an integer ``i`` reads as ``stage<i>``). RepDistiller returns a
+    1-element tensor; this returns a scalar.
     """
 
-    def __init__(self, feature: str = "stage-1") -> None:
+    def __init__(self, feature: str | int = "stage-1") -> None:
         super().__init__()
-        self.feature = feature
-        self.student_features = self.teacher_features = (feature,)
+        self.feature = feature_name("sp", feature)
+        self.student_features = self.teacher_features = (self.feature,)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return sp_loss(batch.student.features[self.feature], batch.teacher.features[self.feature])
@@ -185,14 +187,16 @@ class PKT(LossTerm):
     sum; CIFAR-100 weight 30000 next to CE 1 (``-a 0 -b 30000``). The paper's conditional probabilities
     leave out k = i; the code keeps the diagonal, as we do. The code also zeroes NaNs after normalising,
     which only NaN inputs produce; here NaN inputs give a NaN loss, which the trainer reports.
+
+    feature: the feature compared (any feature name, an integer ``i`` reads as ``stage<i>``; maps are flattened).
     """
 
-    def __init__(self, eps: float = PKT_EPS, feature: str = "embedding") -> None:
+    def __init__(self, eps: float = PKT_EPS, feature: str | int = "embedding") -> None:
         super().__init__()
         if eps <= 0:
             raise ValueError(f"eps must be positive, got {eps}")
-        self.eps, self.feature = eps, feature
-        self.student_features = self.teacher_features = (feature,)
+        self.eps, self.feature = eps, feature_name("pkt", feature)
+        self.student_features = self.teacher_features = (self.feature,)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return pkt_loss(batch.student.features[self.feature], batch.teacher.features[self.feature], self.eps)
@@ -226,14 +230,16 @@ class CC(LossTerm):
     Paper vs code: the paper matches B x B correlation matrices built with a Taylor-expanded Gaussian
     kernel (plus an instance-level KD term); the code, sent to RepDistiller by the authors, computes the
     consecutive-pair product above. We follow the code, whose numbers the CIFAR-100 tables report.
+
+    feature: the feature embedded (any feature name, an integer ``i`` reads as ``stage<i>``; maps are flattened).
     """
 
-    def __init__(self, feat_dim: int = 128, feature: str = "embedding") -> None:
+    def __init__(self, feat_dim: int = 128, feature: str | int = "embedding") -> None:
         super().__init__()
         if feat_dim < 1:
             raise ValueError(f"feat_dim must be a positive integer, got {feat_dim}")
-        self.feat_dim, self.feature = feat_dim, feature
-        self.student_features = self.teacher_features = (feature,)
+        self.feat_dim, self.feature = feat_dim, feature_name("cc", feature)
+        self.student_features = self.teacher_features = (self.feature,)
 
     def setup(self, ctx: SetupContext) -> None:
         d_s = math.prod(ctx.student_shapes[self.feature][1:])

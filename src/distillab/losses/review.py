@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distillab.features import feature_names, stage_reference
 from distillab.losses.base import LOSSES, Batch, LossTerm, SetupContext
 from distillab.losses.common import adaptive_pool
 from distillab.losses.connectors import batch_norm, conv_layer, require_maps
-from distillab.losses.feature import REFERENCE_STAGES, stage_list
+from distillab.losses.feature import REFERENCE_STAGES
 from distillab.methods import register_method
 
 MAX_MID_CHANNELS = 512  # the fusion width is min(512, the student's last channel count), as mdistiller hard-codes
@@ -90,24 +91,53 @@ class ReviewKD(LossTerm):
     the probed shapes here. On 1-D maps the blocks use 1-D convolutions and the pyramid sizes are skipped
     when not shorter than the map, as on 2-D maps.
 
-    stages: feature_info indices of the stage levels (the embedding level is always added).
+    stages: the student's stage levels, shallow to deep (an integer ``i`` reads as ``stage<i>``); the
+        embedding level is always added. Logged parts are named after them, then ``embedding``.
+    teacher_stages: the teacher's levels (an integer ``i`` reads as ``preact<i>``; None: ``preact<i>`` for each
+        student ``stage<i>`` / ``preact<i>``, so a student feature named otherwise, e.g. a module path, needs
+        them given).
     warmup_epochs: epochs of the linear warm-up of the weight (0: none).
-    student_preact: use the student's pre-ReLU stages (mdistiller's STU_PREACT).
+    student_preact: read the student's stages before their last ReLU (mdistiller's STU_PREACT): ``stage<i>``
+        in ``stages`` becomes ``preact<i>``.
     """
 
-    def __init__(self, stages: Sequence[int] = REFERENCE_STAGES, warmup_epochs: int = 20,
+    def __init__(self, stages: Sequence[str | int] = REFERENCE_STAGES,
+                 teacher_stages: Sequence[str | int] | None = None, warmup_epochs: int = 20,
                  student_preact: bool = False) -> None:
         super().__init__()
         if warmup_epochs < 0:
             raise ValueError(f"reviewkd: warmup_epochs must be >= 0, got {warmup_epochs}")
-        self.stages = stage_list("reviewkd", stages)
         self.warmup_epochs = warmup_epochs
-        kind = "preact" if student_preact else "stage"
-        self.student_features = tuple(f"{kind}{i}" for i in self.stages) + ("embedding",)
-        self.teacher_features = tuple(f"preact{i}" for i in self.stages) + ("embedding",)
-        self.parts = tuple(f"stage{i}" for i in self.stages) + ("embedding",)
+        self.stages = feature_names("reviewkd", stages, kind="preact" if student_preact else "stage")
+        if student_preact:
+            fix = "with student_preact, name the stages 'stage<i>' / 'preact<i>'"
+            self.stages = feature_names("reviewkd", [self._preact(name, fix) for name in self.stages])
+        if teacher_stages is None:
+            teacher = tuple(self._preact(name, "set teacher_stages to name the teacher's levels")
+                            for name in self.stages)
+        else:
+            teacher = feature_names("reviewkd", teacher_stages, kind="preact", option="teacher_stages")
+        if len(teacher) != len(self.stages):
+            raise ValueError(f"reviewkd: needs as many teacher_stages as stages, got {list(self.stages)} and "
+                             f"{list(teacher)}")
+        if "embedding" in self.stages or "embedding" in teacher:
+            raise ValueError("reviewkd: the embedding level is always added; leave 'embedding' out of stages "
+                             "and teacher_stages")
+        self.teacher_stages = teacher
+        self.student_features = self.stages + ("embedding",)
+        self.teacher_features = teacher + ("embedding",)
+        self.parts = self.student_features
         self.abfs = nn.ModuleList()  # deepest level first
         self.out_sizes: list[tuple[int, ...]] = []
+
+    @staticmethod
+    def _preact(name: str, fix: str) -> str:
+        """``preact<i>`` for a name ``stage<i>`` or ``preact<i>``; another name is an error ending with ``fix``."""
+        ref = stage_reference(name)
+        if ref is None:
+            raise ValueError(f"reviewkd: stages entry {name!r} is not of the form 'stage<i>' or 'preact<i>', "
+                             f"so its pre-ReLU feature is unknown: {fix}")
+        return f"preact{ref[1]}"
 
     def setup(self, ctx: SetupContext) -> None:
         s_shapes = [tuple(ctx.student_shapes[n]) for n in self.student_features]
