@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from distillab.config import ConfigError, ModelConfig, RunConfig, TrainConfig, load_config
+from distillab.config import ConfigError, RunConfig, TrainConfig, load_config
 from distillab.data import DataBundle, build_dataset
 from distillab.engine.loader import epoch_generator
 from distillab.engine.trainer import Trainer, resolve_device, seed_everything
@@ -73,7 +73,7 @@ from distillab.methods import METHODS
 from distillab.models import create_model
 from distillab.objective import Objective, build_objective
 from distillab.registry import RegistryError
-from distillab.runner import build_data, build_model, cpu_name, find_config, versions
+from distillab.runner import build_data, cpu_name, find_config, versions
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = "kd"  # every method's cost is given relative to this one's
@@ -283,8 +283,8 @@ def build_engine(method: str, args: argparse.Namespace, device: torch.device, ke
     seed_everything(cfg.seed)
     data = build_data(cfg)
     objective = build_objective(cfg.method)
-    teacher = build_model(ModelConfig(arch=args.teacher), data, "teacher") if objective.needs_teacher else None
-    student = build_model(cfg.student, data, "student")
+    teacher = create_model(args.teacher, num_classes=data.num_classes) if objective.needs_teacher else None
+    student = create_model(cfg.student.arch, num_classes=data.num_classes, **cfg.student.options)
     initial = (copy.deepcopy(student), copy.deepcopy(teacher)) if keep_initial else None
     events: list[str] = []
     with warnings.catch_warnings(record=True) as caught:  # e.g. CRD clipping nce_k to a small data set

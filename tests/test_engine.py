@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distillab.config import ConfigError, load_config
-from distillab.engine.checkpoint import CheckpointError, load_checkpoint, save_atomic
+from distillab.core.files import CheckpointError, load_checkpoint, save_atomic
 from distillab.engine.rundir import create_run_dir
 from distillab.engine.schedule import lr_factor
 from distillab.engine.trainer import NonFiniteLossError, Trainer

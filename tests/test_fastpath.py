@@ -37,16 +37,16 @@ def _cfg(tmp_path, teacher, *overrides, method="kd", epochs=3):
 def _count_teacher_rows(monkeypatch) -> list[int]:
     """Patch Trainer so every teacher forward in training records its batch size."""
     rows: list[int] = []
-    original = Trainer._teacher_outputs
+    original = Trainer._frozen_outputs
 
-    def counting(self, x, idx, keys, taps):
+    def counting(self, fields, idx, keys, taps):
         handle = self.teacher.register_forward_hook(lambda _m, inp, _o: rows.append(len(inp[0])))
         try:
-            return original(self, x, idx, keys, taps)
+            return original(self, fields, idx, keys, taps)
         finally:
             handle.remove()
 
-    monkeypatch.setattr(Trainer, "_teacher_outputs", counting)
+    monkeypatch.setattr(Trainer, "_frozen_outputs", counting)
     return rows
 
 

@@ -312,7 +312,7 @@ def test_trainer_resume_continues_the_same_negatives(tmp_path):
     """Through the engine's checkpoint: 2 epochs straight equal 1 epoch, save, load into a new run, 1 epoch."""
     from distillab.config import load_config
     from distillab.data import build_dataset
-    from distillab.engine.checkpoint import load_checkpoint, save_atomic
+    from distillab.core.files import load_checkpoint, save_atomic
     from distillab.engine.trainer import Trainer
     from distillab.models import create_model
     from distillab.objective import build_objective

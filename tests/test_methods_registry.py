@@ -18,7 +18,7 @@ from distillab.engine.trainer import Trainer
 from distillab.methods import METHODS
 from distillab.models import create_model
 from distillab.objective import build_objective
-from distillab.runner import PACKAGED_CONFIGS, build_model
+from distillab.runner import PACKAGED_CONFIGS
 
 METHOD_NAMES = [m for m in METHODS.names() if not m.startswith("_")]
 MNIST1D_CONFIG = {"ce": "student_baseline"}
@@ -60,7 +60,7 @@ def _trainer(method: str, tmp_path) -> Trainer:
         tcfg = load_config(PACKAGED_CONFIGS / "mnist1d" / "teacher_cnn1d.yaml")
         arch = cfg.teacher.arch or tcfg.student.arch
         teacher = create_model(arch, num_classes=data.num_classes, **(cfg.teacher.options or tcfg.student.options))
-    student = build_model(cfg.student, data, "student")
+    student = create_model(cfg.student.arch, num_classes=data.num_classes, **cfg.student.options)
     return Trainer(cfg, student=student, teacher=teacher, objective=objective, data=data, run_dir=None)
 
 
@@ -69,7 +69,8 @@ def test_one_step_gradients_reach_only_student_and_method(method, tmp_path):
     trainer = _trainer(method, tmp_path)
     for stage in [s.name for s in trainer.objective.stages] + [None]:
         trainer.objective.use_stage(stage)
-        x, y, idx = next(iter(trainer.train_loader))
+        raw = next(iter(trainer.train_loader))
+        x, y, idx = raw["input"], raw["label"], raw["index"]
         x = trainer.data.train_transform(x, torch.Generator().manual_seed(0))
         from distillab.features import FeatureTaps
         from distillab.losses import Batch, ModelOutputs

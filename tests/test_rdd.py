@@ -205,7 +205,7 @@ def test_float16_overflow_is_refused():
 def test_each_rank_gets_its_rows_of_the_global_draws(storage, mined, monkeypatch):
     """With the collectives faked as rank r of 2, each rank's contrast indices and weights are its rows
     of what one process computes for the global batch (the draws come from the shared generator state)."""
-    from distillab.engine import dist
+    from distillab.core import dist
 
     n = 40
     teacher, student = _int_features(n, 5, 4), _int_features(n, 3, 5)

@@ -7,23 +7,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from distillab.cli_common import USER_ERRORS, console, fail
 from distillab.config import ConfigError, load_config
-from distillab.engine.checkpoint import CheckpointError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Knowledge distillation: train teachers, distill students, compare methods.")
-console = Console()
-
-# Errors a user can fix: shown as one message, no traceback.
-USER_ERRORS = (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError, RuntimeError)
-
-
-def _fail(exc: BaseException) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(code=2)
 
 
 def _split(config: Optional[str], overrides: List[str], resume: Optional[Path]) -> tuple[Optional[str], List[str]]:
@@ -35,7 +25,7 @@ def _split(config: Optional[str], overrides: List[str], resume: Optional[Path]) 
 
 def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], teacher_mode: bool,
            store_result: bool = True) -> None:
-    from distillab.engine.dist import DistInfo
+    from distillab.core.dist import DistInfo
     from distillab.runner import find_config, load_run_config, run
     from distillab.store import TeacherStore
 
@@ -47,9 +37,9 @@ def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], 
             raise ConfigError("give a config file (see configs/), or --resume RUN_DIR")
         else:
             cfg = load_config(find_config(config), overrides)
-        if teacher_mode and cfg.teacher is not None:
-            raise ConfigError("train-teacher trains on labels alone: remove `teacher` from the config "
-                              "(use `distillab distill` to train against a teacher)")
+        if teacher_mode and (cfg.teacher is not None or cfg.models):
+            raise ConfigError("train-teacher trains one model on labels alone: remove `teacher` and `models` from "
+                              "the config (use `distillab distill` to train against a teacher or with peers)")
         summary, run_dir = run(cfg, resume=resume, console=console, label="teacher" if teacher_mode else "distill")
         if not DistInfo.from_env().is_main:  # under torchrun, rank 0 stores and reports
             return
@@ -57,10 +47,15 @@ def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], 
             path = TeacherStore(cfg.store).put(cfg, run_dir / "model.pt", summary)
             console.print(f"stored teacher: {path}")
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
     msg = f"[bold]done[/]: test top-1 {summary['test_top1']:.2f}% (last epoch), best {summary['best_top1']:.2f}% " \
           f"(epoch {summary['best_epoch']}); run folder {run_dir}"
     console.print(msg)
+    trained = {name: m for name, m in summary.get("models", {}).items() if m["role"] == "trainable"}
+    if len(trained) > 1:
+        for name, m in trained.items():
+            console.print(f"  {name:<12} {m['arch']:<14} test top-1 {m['test_top1']:.2f}%")
+        console.print(f"  {'ensemble':<12} {'(mean prob.)':<14} test top-1 {summary['ensemble_top1']:.2f}%")
 
 
 @app.command("train-teacher")
@@ -91,42 +86,42 @@ def evaluate(
     checkpoint: Path = typer.Argument(..., help="model.pt of a run, a run folder, or a foreign state dict"),
     data: Optional[str] = typer.Option(None, help="data set (default: the one the model was trained on)"),
     arch: Optional[str] = typer.Option(None, help="architecture (default: read from the checkpoint)"),
+    model: Optional[str] = typer.Option(None, help="in a run folder with several trained models, which one "
+                                        "(default: the student)"),
     root: Optional[str] = typer.Option(None, help="data root"),
     device: str = typer.Option("auto", help="cpu, cuda, mps or auto"),
 ) -> None:
     """Test top-1 of a trained model."""
-    from distillab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from distillab.engine.checkpoint import load_checkpoint
+    import torch
+
+    from distillab.data import build_dataset
+    from distillab.engine.device import resolve_device
     from distillab.engine.loader import BatchLoader
-    from distillab.engine.trainer import resolve_device
-    from distillab.runner import build_data, build_model
+    from distillab.models import load_model
 
     try:
-        path = checkpoint / "model.pt" if checkpoint.is_dir() else checkpoint
-        meta = load_checkpoint(path)
-        saved = meta.get("config") or {}
-        data_name = data or meta.get("data")
-        arch_name = arch or meta.get("arch")
-        if data_name is None or arch_name is None:
-            raise ConfigError("this checkpoint does not record its data set and architecture: pass --data and --arch")
-        data_cfg = DataConfig(name=data_name, root=root, options=(saved.get("data", {}).get("options", {})
-                                                                  if data_name == meta.get("data") else {}))
-        cfg = RunConfig(data=data_cfg, student=ModelConfig(arch=arch_name, options=meta.get("options") or {},
-                                                          checkpoint=str(path)), train=TrainConfig(device=device))
-        bundle = build_data(cfg)
-        model = build_model(cfg.student, bundle, "model").to(resolve_device(device)).eval()
+        loaded = load_model(checkpoint, name=model, arch=arch)
+        data_name = data or loaded.data
+        if data_name is None:
+            raise ConfigError("this checkpoint does not record its data set: pass --data")
+        bundle = build_dataset(data_name, root=root, **(loaded.data_options if data_name == loaded.data else {}))
+        if bundle.num_classes != loaded.num_classes:
+            raise ConfigError(f"{loaded.path} predicts {loaded.num_classes} classes but data set {data_name!r} has "
+                              f"{bundle.num_classes}: evaluate it on the data set it was trained on")
+        if loaded.input not in bundle.field_names():
+            raise ConfigError(f"{loaded.path} reads input {loaded.input!r}, which data set {data_name!r} does not "
+                              f"provide (fields: {', '.join(bundle.field_names())})")
         dev = resolve_device(device)
-        loader = BatchLoader(bundle.test, 256, device=dev, shuffle=False)
-        import torch
-
+        net = loaded.model.to(dev).eval()
         correct = n = 0
         with torch.no_grad():
-            for x, y, _ in loader:
-                correct += int((model(bundle.test_transform(x)).argmax(1) == y).sum())
-                n += len(y)
+            for batch in BatchLoader(bundle.test, 256, device=dev, shuffle=False):
+                x = bundle.prepare_field(loaded.input, batch[loaded.input])
+                correct += int((net(x).argmax(1) == batch["label"]).sum())
+                n += len(batch["label"])
     except USER_ERRORS as exc:
-        _fail(exc)
-    console.print(f"{arch_name} on {data_name} test ({n} samples): top-1 {100.0 * correct / n:.2f}%")
+        fail(exc)
+    console.print(f"{loaded.arch} on {data_name} test ({n} samples): top-1 {100.0 * correct / n:.2f}%")
 
 
 @app.command("list")
@@ -141,7 +136,7 @@ def list_cmd(what: str = typer.Argument("all", help="models, datasets, methods, 
 
     registries = {"models": MODELS, "datasets": DATASETS, "methods": METHODS, "losses": LOSSES}
     if what not in (*registries, "teachers", "all"):
-        _fail(ValueError(unknown_name_message("list", what, [*registries, "teachers", "all"])))
+        fail(ValueError(unknown_name_message("list", what, [*registries, "teachers", "all"])))
     for name, reg in registries.items():
         if what in (name, "all"):
             table = Table(title=name)
@@ -173,7 +168,7 @@ def demo(
     try:
         run_demo(out, (TINY if tiny else []) + list(overrides or []), console=console)
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command()
@@ -199,7 +194,7 @@ def bench(
                       workers=workers, threads=threads, dry_run=dry_run, commands=commands,
                       report_only=report_only, console=console)
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _register_tools() -> None:

@@ -7,6 +7,7 @@ one. The resolved config is saved with every run and checkpoint.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,16 +43,31 @@ class DataConfig(Section):
         return v
 
 
+MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_MODEL_NAMES = ("student", "teacher", "ensemble")  # the two sections, and the ensemble's metrics line
+
+
 class ModelConfig(Section):
     arch: str  # registered model (`distillab list models`)
     options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments of the model factory
     checkpoint: str | None = None  # state dict or checkpoint to load (distillab, RepDistiller, mdistiller)
+    input: str = "input"  # the batch field this model reads (a data set may provide more, e.g. a privileged view)
+    lr: float | None = None  # this model's learning rate (None: optim.lr); trainable models only
+    weight_decay: float | None = None  # this model's weight decay (None: optim.weight_decay); trainable models only
 
 
 class TeacherConfig(ModelConfig):
     arch: str | None = None  # None: taken from the checkpoint or the teacher config
     config: str | None = None  # a train-teacher YAML: the teacher is looked up in the store by it
     overrides: list[str] = Field(default_factory=list)  # overrides the teacher was trained with (store lookup)
+    input: str | None = None  # None: the input the teacher was trained on (its config's), else "input"
+
+
+class NamedModelConfig(TeacherConfig):
+    """An entry of ``models``: a peer (trainable) or another teacher (frozen), found like ``student``
+    (arch + options, optionally a checkpoint to start from) or like ``teacher`` (checkpoint or store)."""
+
+    role: Literal["trainable", "frozen"]  # trainable: trained with the student; frozen: eval mode, no gradients
 
 
 class MethodConfig(Section):
@@ -60,6 +76,8 @@ class MethodConfig(Section):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-term options, e.g. {kd: {temperature: 4}}
     stages: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per-stage epochs/lr, e.g. {init: {epochs: 5}}
     schedule: dict[str, Any] = Field(default_factory=dict)  # data schedule options; {name: ...} picks another
+    step: str | None = None  # the training step (`joint`: one update of every trainable model; `sequential`:
+    #                          one model after the other, DML's paper order); None: the method's own
 
 
 class OptimConfig(Section):
@@ -112,9 +130,21 @@ class RunConfig(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     student: ModelConfig = Field(validation_alias=AliasChoices("student", "model"))  # the trained network ("model" in teacher configs)
     teacher: TeacherConfig | None = None
+    models: dict[str, NamedModelConfig] = Field(default_factory=dict)  # more named models: peers, teachers
     method: MethodConfig = Field(default_factory=MethodConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict) -> dict:
+        for name in v:
+            if name in RESERVED_MODEL_NAMES:
+                raise ValueError(f"{name!r} cannot name an entry of `models` ('student' and 'teacher' have their "
+                                 "own sections, 'ensemble' names the mean of the trainable models)")
+            if not MODEL_NAME.match(name):
+                raise ValueError(f"model name {name!r} must be a Python identifier (letters, digits, _)")
+        return v
 
 
 # ---------------------------------------------------------------- loading and overrides

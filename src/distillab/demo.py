@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from distillab.config import load_config
-from distillab.engine.rundir import create_run_dir, write_json_atomic
+from distillab.core.files import write_json_atomic
+from distillab.engine.rundir import create_run_dir
 from distillab.plots import plot_learning_curves
 from distillab.runner import find_config, run
 from distillab.store import TeacherStore

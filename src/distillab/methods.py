@@ -22,8 +22,9 @@ class StageSpec:
     """A training stage run before the main one (RepDistiller's ``init`` stage: FSP, AB, FT, FitNet's hint stage).
 
     weights: term -> weight during the stage (terms not named are off).
-    train: what the stage's optimiser updates: ``"student"`` (all of it), ``"student_body"`` (all but the
-        classifier head, RepDistiller's ``get_feat_modules``), a term name, or ``"term.submodule"``.
+    train: what the stage's optimiser updates: a trainable model by name (``"student"``: all of it),
+        ``"<model>_body"`` (all but its classifier head, RepDistiller's ``get_feat_modules``), a term name,
+        or ``"term.submodule"``.
     lr: constant learning rate of the stage (None: ``optim.lr``); same optimiser type as the main stage.
     student_mode: ``"eval"`` keeps the student's BatchNorm statistics frozen (RepDistiller's init for FT,
         whose stage does not train the student); ``"train"`` where the stage trains the student body (its
@@ -46,19 +47,20 @@ class MethodSpec:
     reference: str = ""  # paper and the code whose defaults the preset matches
     stages: tuple[StageSpec, ...] = ()
     schedule: tuple[str, dict[str, Any]] | None = None  # (registered data schedule, its options)
+    step: str = "joint"  # registered training step (distillab.engine.steps): what the loop does with a batch
 
 
 def register_method(name: str, description: str, terms: dict[str, tuple], reference: str = "",
                     stages: tuple[StageSpec, ...] = (),
-                    schedule: tuple[str, dict[str, Any]] | None = None) -> MethodSpec:
+                    schedule: tuple[str, dict[str, Any]] | None = None, step: str = "joint") -> MethodSpec:
     """Register a preset. ``terms`` maps a term name to ``(loss, weight)`` or ``(loss, weight, params)``;
-    a term used only in a stage has weight 0 here."""
+    a term used only in a stage has weight 0 here. ``step`` names the training step (default ``joint``)."""
     specs = {t: TermSpec(*v) for t, v in terms.items()}
     for stage in stages:
         unknown = set(stage.weights) - set(specs)
         if unknown:
             raise ValueError(f"method {name!r}, stage {stage.name!r}: weights for unknown terms {sorted(unknown)}")
-    spec = MethodSpec(name, description, specs, reference, tuple(stages), schedule)
+    spec = MethodSpec(name, description, specs, reference, tuple(stages), schedule, step)
     METHODS.register(name, description=description)(spec)
     return spec
 

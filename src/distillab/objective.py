@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from distillab.config import ConfigError, MethodConfig
+from distillab.engine.steps import STEPS
 from distillab.losses import LOSSES, Batch, EpochContext, LossTerm, SetupContext
+from distillab.losses.base import ROLES
 from distillab.methods import METHODS, StageSpec
+from distillab.options import construct
 from distillab.registry import RegistryError, close_matches
+
+DEFAULT_ROLES = {"student": "student", "teacher": "teacher"}
 
 
 class Objective(nn.Module):
@@ -22,8 +27,9 @@ class Objective(nn.Module):
     """
 
     def __init__(self, terms: dict[str, LossTerm], weights: dict[str, float],
-                 stages: tuple[StageSpec, ...] = (), schedule: nn.Module | None = None) -> None:
+                 stages: tuple[StageSpec, ...] = (), schedule: nn.Module | None = None, step: str = "joint") -> None:
         super().__init__()
+        self.step = step  # the registered training step (distillab.engine.steps) the loop runs
         self.terms = nn.ModuleDict(terms)
         self.schedule = schedule  # a data schedule (distillab.schedules): which samples each epoch trains on
         self.main_weights = {t: w for t, w in weights.items() if w != 0}
@@ -42,25 +48,46 @@ class Objective(nn.Module):
             self.weights = {t: w for t, w in stage.weights.items() if w != 0}
         self.stage = name
 
+    def bind(self, models: Mapping[str, str]) -> None:
+        """Check every term against the run's models (name -> "trainable" / "frozen"); terms over several
+        models choose theirs here. Called before any data is read or model built."""
+        for name, term in self.terms.items():
+            try:
+                term.bind(models)
+            except ValueError as exc:
+                raise ConfigError(f"method term {name!r}: {exc}") from None
+        if getattr(self.schedule, "needs_teacher", False) and "teacher" not in models:
+            raise ConfigError(f"the data schedule of this method ranks samples with the teacher: set `teacher` "
+                              "in the config (teacher.config or teacher.checkpoint)")
+
+    def reads(self) -> dict[str, list[str]]:
+        """Model name -> features read from it at every step, over all terms (logits are always read)."""
+        out: dict[str, list[str]] = {}
+        for term in self.terms.values():
+            for model, features in term.reads().items():
+                names = out.setdefault(model, [])
+                names += [f for f in features if f not in names]
+        return out
+
+    def needs(self) -> set[str]:
+        """The models this objective uses at all: those its terms read, and the teacher where the data
+        schedule ranks samples with it."""
+        return set(self.reads()) | ({"teacher"} if getattr(self.schedule, "needs_teacher", False) else set())
+
     @property
     def needs_teacher(self) -> bool:
-        return any(t.needs_teacher for t in self.terms.values()) or \
-            bool(getattr(self.schedule, "needs_teacher", False))
+        return "teacher" in self.needs()
 
-    def feature_requests(self, side: str) -> list[str]:
-        attr = "student_features" if side == "student" else "teacher_features"
-        names: list[str] = []
-        for term in self.terms.values():
-            names += [n for n in getattr(term, attr) if n not in names]
-        return names
+    def feature_requests(self, model: str) -> list[str]:
+        return self.reads().get(model, [])
 
     def setup(self, ctx: SetupContext) -> None:
         for term in self.terms.values():
-            term.setup(ctx)
+            term.setup(ctx.view(term.roles))
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         for term in self.terms.values():
-            term.on_epoch_start(ctx)
+            term.on_epoch_start(ctx.view(term.roles) if term.roles != DEFAULT_ROLES else ctx)
         if self.schedule is not None:
             self.schedule.on_epoch_start(ctx)
 
@@ -68,7 +95,8 @@ class Objective(nn.Module):
         total = None
         logs: dict[str, torch.Tensor] = {}
         for name, weight in self.weights.items():
-            out = self.terms[name](batch)
+            term = self.terms[name]
+            out = term(batch.view(term.roles) if term.roles != DEFAULT_ROLES else batch)
             if isinstance(out, dict):
                 for part, value in out.items():
                     logs[f"{name}.{part}"] = value.detach()
@@ -83,40 +111,18 @@ class Objective(nn.Module):
         return total, logs
 
 
-def _options_of(cls: type) -> list[str]:
-    """Keyword options of ``cls``; a ``**kwargs`` that is passed on to the base class adds the base's."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-                  and p.name not in names]
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            break
-    return names
-
-
-def _construct(cls: type, options: dict, where: str, what: str):
-    """``cls(**options)``, with an unknown option named (and its closest valid one) before construction."""
-    valid = _options_of(cls)
-    for key in options:
-        if key not in valid:
-            matches = close_matches(key, valid)
-            hint = f"did you mean {matches[0]!r}?" if matches else f"valid options: {', '.join(valid) or 'none'}"
-            raise ConfigError(f"unknown option {where}.{key} for {what}: {hint}")
-    try:
-        return cls(**options)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
 def _build_term(term: str, loss: str, params: dict) -> LossTerm:
     try:
         cls = LOSSES.get(loss)
     except RegistryError as exc:
         raise ConfigError(f"method term {term!r}: {exc}") from None
-    return _construct(cls, params, f"method.params.{term}", f"loss {loss!r}")
+    params = dict(params)
+    # `student: name` / `teacher: name` pick the run models a pairwise term reads in those roles
+    roles = {role: params.pop(role) for role in ROLES if isinstance(params.get(role), str)}
+    module = construct(cls, params, f"method.params.{term}", f"loss {loss!r}")
+    if roles:
+        module.roles = {**DEFAULT_ROLES, **roles}
+    return module
 
 
 def build_objective(cfg: MethodConfig) -> Objective:
@@ -151,7 +157,12 @@ def build_objective(cfg: MethodConfig) -> Objective:
     used = {t for t, (_, w, _) in plan.items() if w != 0} | {t for s in stages for t, w in s.weights.items() if w}
     terms = {t: _build_term(t, loss, params) for t, (loss, _, params) in plan.items() if t in used}
     weights = {t: w for t, (_, w, _) in plan.items() if w != 0}
-    return Objective(terms, weights, stages, _build_schedule(spec.schedule, cfg.schedule))
+    step = cfg.step or spec.step
+    try:
+        STEPS.entry(step)
+    except RegistryError as exc:
+        raise ConfigError(f"method.step: {exc}") from None
+    return Objective(terms, weights, stages, _build_schedule(spec.schedule, cfg.schedule), step)
 
 
 def _build_schedule(preset: tuple[str, dict] | None, override: dict) -> nn.Module | None:
@@ -170,7 +181,7 @@ def _build_schedule(preset: tuple[str, dict] | None, override: dict) -> nn.Modul
         cls = SCHEDULES.get(name)
     except RegistryError as exc:
         raise ConfigError(f"method.schedule.name: {exc}") from None
-    return _construct(cls, options, "method.schedule", f"schedule {name!r}")
+    return construct(cls, options, "method.schedule", f"schedule {name!r}")
 
 
 def _apply_stage_overrides(stages: tuple[StageSpec, ...], overrides: dict[str, dict], method: str) -> tuple:

@@ -23,7 +23,7 @@ import typer
 from torch import nn
 from torch.nn import functional as F
 
-from distillab.rdx.tool import LoadedCheckpoint, build_network, read_checkpoint
+from distillab.models import LoadedModel, load_model
 
 # Defaults of the probe (features are cached, so many epochs are cheap).
 EPOCHS = 100  # passes over the cached training features
@@ -82,7 +82,8 @@ def extract_features(model: nn.Module, dataset, transform: Callable[[torch.Tenso
     labels: list[torch.Tensor] = []
 
     def batches():
-        for x, y, _ in BatchLoader(dataset, batch_size, device=device, shuffle=False):
+        for batch in BatchLoader(dataset, batch_size, device=device, shuffle=False):
+            x, y = batch["input"], batch["label"]
             labels.append(y.long().cpu())
             x = transform(x)
             if size is not None:
@@ -124,7 +125,7 @@ def top1(probe: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * float((probe(x.to(device)).argmax(1).cpu() == y).float().mean())
 
 
-def _output_dir(out: Path | None, ckpt: LoadedCheckpoint, data: str) -> Path:
+def _output_dir(out: Path | None, ckpt: LoadedModel, data: str) -> Path:
     from distillab.engine.rundir import create_run_dir
 
     safe = re.sub(r"[^A-Za-z0-9_.+-]+", "_", data)
@@ -146,7 +147,7 @@ def run_probe(checkpoint: str | Path, data: str, *, root: str | None = None, dat
     the fix in the message, for anything the user can correct.
     """
     from distillab.data import build_dataset
-    from distillab.engine.rundir import write_json_atomic
+    from distillab.core.files import write_json_atomic
     from distillab.engine.trainer import resolve_device
     from distillab.features import resolve_feature
 
@@ -161,11 +162,9 @@ def run_probe(checkpoint: str | Path, data: str, *, root: str | None = None, dat
     seconds: dict[str, float] = {}
 
     tic = time.perf_counter()
-    ckpt = read_checkpoint(checkpoint, arch)
-    if ckpt.arch is None:
-        raise ValueError(f"checkpoint {str(ckpt.path)!r} does not record its architecture: pass --arch")
+    ckpt = load_model(checkpoint, arch=arch)  # its classifier keeps its own classes: the probe reads the embedding
     bundle = build_dataset(data, root=root, **options)
-    model = build_network(ckpt, bundle.num_classes, "model").requires_grad_(False).eval()
+    model = ckpt.model.requires_grad_(False).eval()
     expected = expected_input_shape(model)
     size = check_input_shape(expected, bundle, resize)
     if len(bundle.train) == 0 or len(bundle.test) == 0:
@@ -239,12 +238,12 @@ def probe_command(
     arch: Optional[str] = typer.Option(None, help="architecture (default: read from the checkpoint)"),
 ) -> None:
     """Linear transfer probe: train a linear classifier on a frozen model's embedding of another data set."""
-    from distillab.cli import USER_ERRORS, _fail, console
+    from distillab.cli_common import USER_ERRORS, console, fail
 
     try:
         summary = run_probe(checkpoint, data, root=root, data_options=parse_options(option), epochs=epochs, lr=lr,
                             batch_size=batch_size, weight_decay=weight_decay, seed=seed, device=device,
                             resize=resize, out=out, arch=arch, report=console.print)
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
     console.print(format_summary(summary), highlight=False)

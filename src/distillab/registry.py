@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -37,6 +37,7 @@ class Entry(Generic[T]):
     name: str
     factory: T
     description: str
+    meta: dict[str, Any] = field(default_factory=dict)  # what a registry's users know of an entry beyond its factory
 
 
 class Registry(Generic[T]):
@@ -50,13 +51,13 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str | None = None, *, description: str = "") -> Callable[[T], T]:
+    def register(self, name: str | None = None, *, description: str = "", **meta: Any) -> Callable[[T], T]:
         def decorator(factory: T) -> T:
             key = name or getattr(factory, "__name__")
             if key in self._entries:
                 raise RegistryError(f"{self.kind} {key!r} is already registered")
             doc = description or (getattr(factory, "__doc__", None) or "").strip().split("\n")[0]
-            self._entries[key] = Entry(key, factory, doc)
+            self._entries[key] = Entry(key, factory, doc, dict(meta))
             return factory
 
         return decorator

@@ -1,4 +1,4 @@
-"""From a validated config to a finished run folder: build data, models, teacher and objective; train."""
+"""From a validated config to a finished run folder: check the plan, build data and models; train."""
 
 from __future__ import annotations
 
@@ -11,31 +11,21 @@ import torch
 from torch import nn
 
 import distillab
-from distillab.config import ConfigError, ModelConfig, RunConfig, load_config, to_yaml
+from distillab.config import ConfigError, RunConfig, load_config, to_yaml
+from distillab.core import dist as comm
+from distillab.core.contract import TRAINABLE
+from distillab.core.dist import DistInfo
+from distillab.core.files import CheckpointError, copy_atomic, save_atomic, write_json_atomic, write_text_atomic
 from distillab.data import DataBundle, build_dataset
-from distillab.engine.checkpoint import CheckpointError, load_checkpoint, save_atomic
-from distillab.engine import dist as comm
-from distillab.engine.dist import DistInfo
+from distillab.engine.device import resolve_device, seed_everything
+from distillab.engine.models import ModelSet, RunModel
 from distillab.engine.progress import TrainingProgress
-from distillab.engine.rundir import create_run_dir, write_json_atomic
-from distillab.engine.trainer import Trainer, resolve_device, seed_everything
-from distillab.models import MODELS, create_model, load_state_dict_compat
-from distillab.objective import build_objective
+from distillab.engine.rundir import create_run_dir
+from distillab.engine.trainer import Trainer
+from distillab.models import MODELS, create_model, load_model
+from distillab.plan import PACKAGED_CONFIGS, ModelPlan, RunPlan, check_plan, find_config  # noqa: F401
 from distillab.registry import RegistryError
 from distillab.store import TeacherStore
-
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
-
-
-def find_config(path: str | Path) -> Path:
-    """A config path as given, or else relative to the configs shipped with distillab."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    for candidate in (PACKAGED_CONFIGS / p, PACKAGED_CONFIGS / Path(*p.parts[1:]) if p.parts[:1] == ("configs",) else None):
-        if candidate is not None and candidate.is_file():
-            return candidate
-    raise ConfigError(f"config file {str(path)!r} does not exist (also looked in {PACKAGED_CONFIGS})")
 
 
 def build_data(cfg: RunConfig) -> DataBundle:
@@ -43,72 +33,32 @@ def build_data(cfg: RunConfig) -> DataBundle:
     return build_dataset(d.name, root=d.root, download=d.download, **d.options)
 
 
-def _head_rows(state: dict, model: nn.Module) -> tuple[int, int] | None:
-    """(rows in the checkpoint's classifier, rows in the model's) when they differ."""
-    head = getattr(model, "head", None)
-    if head is None:
-        return None
-    for key in (f"{head}.weight", f"{head}.0.weight"):
-        if key in state and key in model.state_dict():
-            got, want = state[key].shape[0], model.state_dict()[key].shape[0]
-            return (got, want) if got != want else None
-    return None
-
-
-def build_model(mcfg: ModelConfig, data: DataBundle, role: str) -> nn.Module:
-    """Create a registered model for ``data`` and load its checkpoint, if any, strictly."""
-    try:
-        model = create_model(mcfg.arch, num_classes=data.num_classes, **mcfg.options)
-    except RegistryError as exc:
-        raise ConfigError(f"{role}.arch: {exc}") from None
-    except TypeError as exc:
-        raise ConfigError(f"{role}.options: {exc}") from None
-    if mcfg.checkpoint:
-        state = load_checkpoint(mcfg.checkpoint)
-        inner = state.get("model", state.get("state_dict", state.get("net", state)))
-        inner = {k.removeprefix("module."): v for k, v in inner.items()} if isinstance(inner, dict) else inner
-        mismatch = _head_rows(inner, model) if isinstance(inner, dict) else None
-        if mismatch:
-            raise ConfigError(
-                f"{role} checkpoint {mcfg.checkpoint!r} has {mismatch[0]} output classes but data set "
-                f"{data.name!r} has {mismatch[1]}: use a {role} trained on {data.name}")
+def build_model(plan: ModelPlan, data: DataBundle, store: TeacherStore) -> nn.Module:
+    """The model of one plan entry for ``data``: built new (from its checkpoint if it names one), or loaded
+    from its checkpoint or from the teacher store."""
+    if plan.source == "new" and plan.config.checkpoint is None:
         try:
-            load_state_dict_compat(model, state, strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{role} checkpoint {mcfg.checkpoint!r} does not fit architecture {mcfg.arch!r}: {exc}") from None
-    return model
+            return create_model(plan.arch, num_classes=data.num_classes, **plan.options)
+        except RegistryError as exc:
+            raise ConfigError(f"{plan.section}.arch: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"{plan.section}.options: {exc}") from None
+    if plan.source == "store":
+        found = store.find(plan.teacher_config)
+        if found is None:
+            command = " ".join(["distillab train-teacher", plan.config.config, *plan.config.overrides])
+            raise ConfigError(f"no teacher trained with {plan.config.config!r} in the store {store.root}: run "
+                              f"`{command}` first, or set {plan.section}.checkpoint")
+        path = found
+    else:
+        path = plan.config.checkpoint
+    return load_model(path, arch=plan.arch, options=plan.options, num_classes=data.num_classes, data=data.name,
+                      role=plan.name if plan.name in ("student", "teacher") else plan.section).model
 
 
-def resolve_teacher(cfg: RunConfig, data: DataBundle, store: TeacherStore) -> nn.Module | None:
-    """The teacher by checkpoint path, or by its training config in the store."""
-    t = cfg.teacher
-    if t is None:
-        return None
-    if t.checkpoint is None and t.config is None:
-        raise ConfigError("teacher: give `checkpoint` (a file) or `config` (a train-teacher YAML found in the store)")
-    if t.checkpoint is not None:
-        # architecture and options: the config's, else the checkpoint's record, else the teacher config's
-        meta = load_checkpoint(t.checkpoint)
-        tcfg = load_config(find_config(t.config), t.overrides) if t.config is not None else None
-        arch = t.arch or meta.get("arch") or (tcfg.student.arch if tcfg else None)
-        if arch is None:
-            raise ConfigError(f"teacher.arch is not set and checkpoint {t.checkpoint!r} does not name its "
-                              "architecture: set teacher.arch")
-        options = t.options or meta.get("options") or (tcfg.student.options if tcfg and tcfg.student.arch == arch
-                                                       else {})
-        return build_model(ModelConfig(arch=arch, options=options, checkpoint=t.checkpoint), data, "teacher")
-    tcfg = load_config(find_config(t.config), t.overrides)
-    if tcfg.data.name != cfg.data.name:
-        raise ConfigError(f"teacher config {t.config!r} trains on {tcfg.data.name!r} but this run uses "
-                          f"{cfg.data.name!r}")
-    found = store.find(tcfg)
-    if found is None:
-        command = " ".join(["distillab train-teacher", t.config, *t.overrides])
-        raise ConfigError(f"no teacher trained with {t.config!r} in the store {store.root}: run "
-                          f"`{command}` first, or set teacher.checkpoint")
-    return build_model(ModelConfig(arch=tcfg.student.arch, options=tcfg.student.options, checkpoint=str(found)),
-                       data, "teacher")
+def build_models(plan: RunPlan, data: DataBundle, store: TeacherStore) -> ModelSet:
+    return ModelSet([RunModel(m.name, build_model(m, data, store), m.role, m.input, m.arch, m.options,
+                              m.config.lr, m.config.weight_decay) for m in plan.models])
 
 
 def default_name(cfg: RunConfig) -> str:
@@ -182,6 +132,7 @@ def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path |
          progress: bool | None, report: Callable[[str], None] | None, label: str,
          run_dir: Path | None) -> tuple[dict, Path]:
     report = report or (lambda msg: console.print(msg) if console is not None else None)
+    plan = check_plan(cfg)  # every option, model name and input checked before anything is read or built
     seed_everything(cfg.seed)  # the same seed on every rank: identical initial weights, banks and queues
     if cfg.train.deterministic:
         # process-wide switches: deterministic kernels (and cuBLAS workspace) for bit-reproducible GPU runs
@@ -189,49 +140,54 @@ def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path |
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     data = build_data(cfg)
-    objective = build_objective(cfg.method)
-    # a labels-only objective never loads a teacher, even when the config names one
-    teacher = resolve_teacher(cfg, data, TeacherStore(cfg.store)) if objective.needs_teacher else None
-    if objective.needs_teacher and teacher is None:
-        raise ConfigError(f"method {cfg.method.name!r} needs a teacher: set teacher.checkpoint or teacher.config")
-    student = build_model(cfg.student, data, "student")
+    models = build_models(plan, data, TeacherStore(cfg.store))
 
     run_dir = _prepare_run_dir(cfg, dist, resume, run_dir)
     if dist.is_main:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         report(f"run folder: {run_dir}" + (f" ({dist.world_size} processes)" if dist.enabled else ""))
 
-    trainer = Trainer(cfg, student=student, objective=objective, data=data, teacher=teacher, run_dir=run_dir,
-                      device=device, dist=dist, reporter=report)
+    trainer = Trainer(cfg, models=models, objective=plan.objective, data=data, run_dir=run_dir, device=device,
+                      dist=dist, reporter=report)
     if resume is not None:
         trainer.resume(run_dir / "checkpoints" / "last.pt")
     show = cfg.train.progress if progress is None else progress
     factory = (lambda e, s: TrainingProgress(e, s, label=label, console=console)) if show and dist.is_main else None
     summary = trainer.fit(factory)
     summary.update({"run": str(run_dir), "method": cfg.method.name, "student": cfg.student.arch,
-                    "teacher": _teacher_name(cfg), "data": cfg.data.name, "seed": cfg.seed,
-                    "student_params": sum(p.numel() for p in student.parameters()), "versions": versions(),
+                    "teacher": _teacher_name(plan), "data": cfg.data.name, "seed": cfg.seed,
+                    "student_params": sum(p.numel() for p in trainer.student.parameters()), "versions": versions(),
                     "world_size": dist.world_size})
     if dist.is_main:
-        save_atomic({"model": trainer.student.state_dict(), "arch": cfg.student.arch, "options": cfg.student.options,
-                     "num_classes": data.num_classes, "data": cfg.data.name, "test_top1": summary["test_top1"],
-                     "config": cfg.model_dump(mode="json")}, run_dir / "model.pt")
+        save_models(trainer, cfg, data, run_dir, summary)
         write_json_atomic(run_dir / "summary.json", summary)
     comm.barrier()  # the other ranks return once the folder is complete
     return summary, run_dir
 
 
-def _teacher_name(cfg: RunConfig) -> str | None:
-    if cfg.teacher is None:
-        return None
-    if cfg.teacher.arch:
-        return cfg.teacher.arch
-    if cfg.teacher.config:
+def save_models(trainer: Trainer, cfg: RunConfig, data: DataBundle, run_dir: Path, summary: dict) -> None:
+    """Every trainable model's final weights, each recording its architecture, options, input, classes and
+    data set: ``model.pt`` (the student's) and, with several, ``models/<name>.pt`` for each of them."""
+    for m in trainer.models.trainable:
+        record = {"model": m.module.state_dict(), "arch": m.arch, "options": m.options, "input": m.input,
+                  "num_classes": data.num_classes, "data": cfg.data.name,
+                  "test_top1": summary["models"][m.name]["test_top1"], "config": cfg.model_dump(mode="json")}
+        if m.name != "student":
+            record["name"] = m.name
+        save_atomic(record, run_dir / "model.pt" if m.name == "student" else run_dir / "models" / f"{m.name}.pt")
+    if len(trainer.models.trainable) > 1:  # models/ then holds them all: the student's is model.pt, linked
+        link = run_dir / "models" / "student.pt"
+        link.unlink(missing_ok=True)
         try:
-            return load_config(find_config(cfg.teacher.config)).student.arch
-        except ConfigError:
-            return None
-    return None
+            os.link(run_dir / "model.pt", link)
+        except OSError:  # a file system without hard links: a copy
+            copy_atomic(run_dir / "model.pt", link)
+
+
+def _teacher_name(plan: RunPlan) -> str | None:
+    frozen = [m for m in plan.models if m.role != TRAINABLE]
+    teacher = next((m for m in frozen if m.name == "teacher"), frozen[0] if frozen else None)
+    return teacher.arch if teacher is not None else None
 
 
 def load_run_config(run_dir: Path, overrides: list[str]) -> RunConfig:

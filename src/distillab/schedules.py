@@ -32,7 +32,7 @@ def rdx_difficulty(ctx: EpochContext, gamma: float | str, beta: float, kna_k: in
 
     No negative pools are built. Under torchrun each rank mines its share of the rows (the features are
     the whole training set's on every rank) and the shares are gathered: every rank gets all N scores."""
-    from distillab.engine import dist as comm
+    from distillab.core import dist as comm
     from distillab.rdx.mining import mine
 
     teacher = ctx.extract("teacher", ["embedding"])["embedding"].flatten(1)

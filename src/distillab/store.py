@@ -9,18 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 from distillab.config import RunConfig, to_yaml
-from distillab.engine.rundir import write_json_atomic
+from distillab.core.files import copy_atomic, write_json_atomic, write_text_atomic
 
 # Settings that change where data lives or how fast it is read, not what is learned: not in the key.
 _UNKEYED_DATA = {"root", "download", "on_device", "num_workers"}
 _UNKEYED_TRAIN = {"device", "progress", "tensorboard", "checkpoint_every", "eval_every", "eval_batch_size",
                   "compile", "sync_bn", "teacher_cache", "teacher_cache_dtype", "teacher_cache_max_gb"}
 # Settings added later: in the key only when set away from their default, so older keys stay valid.
-_KEYED_UNLESS_DEFAULT = {"data": {"augment_variants": None}}
+_KEYED_UNLESS_DEFAULT = {"data": {"augment_variants": None}, "method": {"step": None},
+                         "student": {"input": "input", "lr": None, "weight_decay": None}}
 
 
 def default_store() -> Path:
@@ -37,7 +37,7 @@ def teacher_key(cfg: RunConfig) -> str:
                 d[section].pop(key, None)
     material = {
         "data": {k: v for k, v in d["data"].items() if k not in _UNKEYED_DATA},
-        "model": {"arch": d["student"]["arch"], "options": d["student"]["options"]},
+        "model": {k: v for k, v in d["student"].items() if k != "checkpoint"},
         "method": d["method"], "optim": d["optim"],
         "train": {k: v for k, v in d["train"].items() if k not in _UNKEYED_TRAIN},
         "seed": d["seed"],
@@ -60,10 +60,8 @@ class TeacherStore:
         """Copy a trained model into the store (atomically: copy to a temp name, then rename)."""
         folder = self.folder(cfg)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / ".model.pt.tmp"
-        shutil.copyfile(model_file, tmp)
-        os.replace(tmp, folder / "model.pt")
-        (folder / "config.yaml").write_text(to_yaml(cfg))
+        copy_atomic(model_file, folder / "model.pt")
+        write_text_atomic(folder / "config.yaml", to_yaml(cfg))
         write_json_atomic(folder / "summary.json", summary)
         return folder / "model.pt"
 

@@ -16,6 +16,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from distillab.core.files import atomic_file
 from distillab.bench.execute import DONE, PARTIAL, run_state
 from distillab.bench.suite import RunSpec
 
@@ -166,15 +167,13 @@ CELL_FIELDS = [f for f in Cell.__dataclass_fields__ if f != "last_values"]
 
 def write_csv(path: Path, rows: list, fields: list[str]) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_file(path, "w") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for r in rows:
             d = asdict(r)
             writer.writerow({k: ("" if d[k] is None else (round(d[k], 4) if isinstance(d[k], float) else d[k]))
                              for k in fields})
-    tmp.replace(path)
     return path
 
 

@@ -9,14 +9,17 @@ import inspect
 from pathlib import Path
 
 from distillab.data import cifar, digits, imagefolder, mnist1d, synthetic  # noqa: F401 (registration)
-from distillab.data.base import DATASETS, ArrayDataset, DataBundle, default_data_root
+from distillab.data.base import DATASETS, ArrayDataset, DataBundle, InputField, data_fields, default_data_root
 from distillab.registry import close_matches
 
 __all__ = [
     "DATASETS",
     "ArrayDataset",
     "DataBundle",
+    "InputField",
     "build_dataset",
+    "check_dataset_options",
+    "data_fields",
     "dataset_options",
     "default_data_root",
 ]
@@ -34,10 +37,8 @@ def dataset_options(name: str) -> dict[str, object]:
     }
 
 
-def build_dataset(
-    name: str, root: str | Path | None = None, download: bool = False, **options
-) -> DataBundle:
-    """Build registered data set ``name``. An unknown option is a ValueError naming the valid ones."""
+def check_dataset_options(name: str, options: dict) -> None:
+    """Refuse an unknown data set or option (a RegistryError / ValueError naming the valid ones), reading nothing."""
     factory = DATASETS.get(name)  # unknown name: RegistryError with close matches
     valid = dataset_options(name)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
@@ -48,4 +49,11 @@ def build_dataset(
         hint = f"did you mean {', '.join(repr(m) for m in matches)}? " if matches else ""
         listed = ", ".join(valid) if valid else "(none)"
         raise ValueError(f"data set {name!r} has no option {key!r}: {hint}valid options: {listed}")
-    return factory(root=root, download=download, **options)
+
+
+def build_dataset(
+    name: str, root: str | Path | None = None, download: bool = False, **options
+) -> DataBundle:
+    """Build registered data set ``name``. An unknown option is a ValueError naming the valid ones."""
+    check_dataset_options(name, options)
+    return DATASETS.get(name)(root=root, download=download, **options)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distillab.core.files import atomic_file
 from distillab.data.augment import RandomCropFlip, normalised_black
 from distillab.data.base import DATASETS, ArrayDataset, DataBundle, resolve_root
 
@@ -132,49 +133,41 @@ def download_archive(url: str, dest: Path, md5: str | None, chunk: int = 1 << 20
     is removed, so no partial archive is ever left under ``dest``'s name.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     h = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out:
+    with atomic_file(dest) as out:
+        try:
+            response = urllib.request.urlopen(url)
+        except OSError as e:
+            raise OSError(
+                f"could not download {url}: {e}. Check the connection, or download it by hand "
+                f"and put it at {dest}"
+            ) from e
+        with response:
+            total = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+            total = int(total) if total and str(total).isdigit() else None
+            progress = _progress()
+            task = None
+            if progress is not None:
+                progress.start()
+                task = progress.add_task(f"downloading {dest.name}", total=total)
             try:
-                response = urllib.request.urlopen(url)
-            except OSError as e:
-                raise OSError(
-                    f"could not download {url}: {e}. Check the connection, or download it by hand "
-                    f"and put it at {dest}"
-                ) from e
-            with response:
-                total = response.headers.get("Content-Length") if hasattr(response, "headers") else None
-                total = int(total) if total and str(total).isdigit() else None
-                progress = _progress()
-                task = None
-                if progress is not None:
-                    progress.start()
-                    task = progress.add_task(f"downloading {dest.name}", total=total)
-                try:
-                    while True:
-                        block = response.read(chunk)
-                        if not block:
-                            break
-                        out.write(block)
-                        h.update(block)
-                        if progress is not None:
-                            progress.update(task, advance=len(block))
-                finally:
+                while True:
+                    block = response.read(chunk)
+                    if not block:
+                        break
+                    out.write(block)
+                    h.update(block)
                     if progress is not None:
-                        progress.stop()
-        if md5 is not None and h.hexdigest() != md5:
+                        progress.update(task, advance=len(block))
+            finally:
+                if progress is not None:
+                    progress.stop()
+        if md5 is not None and h.hexdigest() != md5:  # raised inside the block: nothing replaces dest
             raise ValueError(
                 f"downloaded {url} has MD5 {h.hexdigest()}, expected {md5}: the download is corrupt; "
                 f"nothing was written to {dest}. Delete any copy of {dest.name} and re-download "
                 f"(download=True)"
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 

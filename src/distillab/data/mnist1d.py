@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from distillab.core.files import atomic_file
 from distillab.data.augment import RandomShift1D
 from distillab.data.base import DATASETS, ArrayDataset, DataBundle, resolve_root
 
@@ -66,15 +65,8 @@ def _load_or_generate(root: Path, args: dict) -> dict[str, np.ndarray]:
         "x_test": np.asarray(data["x_test"], dtype=np.float32),
         "y_test": np.asarray(data["y_test"], dtype=np.int64),
     }
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=".mnist1d-", suffix=".npz.part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as f:
+        np.savez(f, **arrays)
     return arrays
 
 

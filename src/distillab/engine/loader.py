@@ -9,7 +9,7 @@ first samples, as ``DistributedSampler`` pads) and cut into *global* batches of 
 takes the r-th contiguous slice of each. The global batch, gathered in rank order, is then exactly the
 batch a single process with batch W * B would draw, which is what lets memory banks, samplers and
 augmentation draws be made for the global batch and stay identical on every rank
-(:mod:`distillab.engine.dist`). ``shard="split"`` (evaluation, feature extraction) instead gives each
+(:mod:`distillab.core.dist`). ``shard="split"`` (evaluation, feature extraction) instead gives each
 rank one contiguous share of the order, unpadded.
 """
 
@@ -21,8 +21,9 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from distillab.core.contract import INDEX, LABEL, MAIN_INPUT
 from distillab.data.base import ArrayDataset
-from distillab.engine.dist import DistInfo, share
+from distillab.core.dist import DistInfo, share
 
 
 def epoch_generator(seed: int, epoch: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -94,7 +95,8 @@ class BatchLoader:
         g = self.batch_size * w
         return n // g if self.drop_last else math.ceil(n / g)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches as dicts: ``input``, ``label``, ``index`` and the data set's extra named inputs."""
         order = self._order()
         if self.in_memory:
             yield from self._iter_memory(order)
@@ -108,13 +110,16 @@ class BatchLoader:
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
             idx = order[start:start + self.batch_size]
-            x, y = ds.inputs[idx], ds.labels[idx]
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx.to(self.device)
+            batch = {MAIN_INPUT: ds.inputs[idx], LABEL: ds.labels[idx], INDEX: idx,
+                     **{name: values[idx] for name, values in ds.fields.items()}}
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _iter_dataloader(self, order: torch.Tensor):
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=order.tolist(),
                             num_workers=self.num_workers, drop_last=self.drop_last,
                             pin_memory=self.device.type == "cuda", persistent_workers=False)
-        for x, y, idx in loader:
-            yield (x.to(self.device, non_blocking=True), torch.as_tensor(y).to(self.device, non_blocking=True),
-                   torch.as_tensor(idx).to(self.device))
+        for item in loader:
+            x, y, idx = item[:3]
+            batch = {MAIN_INPUT: x, LABEL: torch.as_tensor(y), INDEX: torch.as_tensor(idx),
+                     **(item[3] if len(item) > 3 else {})}
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}

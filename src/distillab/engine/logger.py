@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
+
+from distillab.core.files import write_text_atomic
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
@@ -66,9 +67,7 @@ class MetricsLogger:
         writer = csv.DictWriter(buf, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(self.rows)
-        tmp = self.path.with_name(".metrics.csv.tmp")
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, buf.getvalue())
 
     def close(self) -> None:
         if self._tb is not None:

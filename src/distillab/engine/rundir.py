@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +18,3 @@ def create_run_dir(out_dir: str | Path, name: str) -> Path:
         except FileExistsError:
             n += 1
             candidate = out / f"{name}-{n}"
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)

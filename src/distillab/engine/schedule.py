@@ -10,8 +10,17 @@ import torch
 from distillab.config import OptimConfig
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+def build_optimizer(params: Iterable[torch.nn.Parameter] | list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg`` over ``params``: parameters, or groups (dicts with ``params`` and their own
+    ``lr`` / ``weight_decay`` where they differ from ``cfg``). Frozen parameters and empty groups are left out."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in params if g["params"]]
+        if len(params) == 1 and set(params[0]) == {"params"}:
+            params = params[0]["params"]  # one plain group: the same optimiser state layout as a parameter list
+    else:
+        params = [p for p in params if p.requires_grad]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov)

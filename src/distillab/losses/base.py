@@ -1,9 +1,16 @@
 """The loss-term interface: what a distillation method is made of.
 
 A method's objective is a weighted sum of named terms. A term is an ``nn.Module`` that declares what
-it needs (teacher or not, which features of either model) and may own trainable parameters
-(heads, connectors) and state (memory banks); those join the optimiser and the checkpoint because
-the term is a submodule of the :class:`~distillab.objective.Objective`.
+it reads (which models, which of their features) and may own trainable parameters (heads, connectors)
+and state (memory banks); those join the optimiser and the checkpoint because the term is a submodule
+of the :class:`~distillab.objective.Objective`.
+
+Models are read by name. A term comparing a student with a teacher declares ``student_features`` /
+``teacher_features`` (and ``needs_teacher``) and reads ``batch.student`` / ``batch.teacher``; which run
+models play those two roles is set per term (``method.params.<term>.teacher: teacher2``; default: the
+models called ``student`` and ``teacher``). A term over several models (mutual learning, several
+teachers) overrides :meth:`LossTerm.bind` to choose them from the run's models and :meth:`LossTerm.reads`
+to declare what it reads, and reads ``batch.outputs[name]``.
 
 Feature requests are names: ``"embedding"`` (the pooled penultimate features), ``"stage<i>"`` and
 ``"preact<i>"`` (entry ``i`` of the model's ``feature_info``, negative ``i`` counts from the end), or
@@ -13,71 +20,18 @@ on a dummy batch, and :meth:`LossTerm.setup` receives them to size connectors.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
+from typing import ClassVar, Mapping
 
 import torch
 from torch import nn
 
+from distillab.core.contract import FROZEN, TRAINABLE, Batch, EpochContext, ModelOutputs, SetupContext
 from distillab.registry import Registry
 
-if TYPE_CHECKING:
-    from distillab.data.base import DataBundle
-
 LOSSES: Registry = Registry("loss term")
+ROLES = ("student", "teacher")  # the two roles a pairwise term's models play
 
-
-@dataclass
-class ModelOutputs:
-    logits: torch.Tensor
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class Batch:
-    """What a term sees at one training step. ``epoch`` counts from 1."""
-
-    inputs: torch.Tensor
-    labels: torch.Tensor
-    index: torch.Tensor
-    student: ModelOutputs
-    teacher: ModelOutputs | None
-    epoch: int
-    stage: str | None = None  # name of the pre-training stage running, None in the main stage
-
-
-@dataclass
-class SetupContext:
-    """Handed to :meth:`LossTerm.setup` once, before training: sizes for connectors and banks."""
-
-    num_classes: int
-    num_train: int
-    student_shapes: dict[str, torch.Size]
-    teacher_shapes: dict[str, torch.Size]
-    data: "DataBundle | None" = None
-    train_labels: torch.Tensor | None = None
-    student: nn.Module | None = None  # the models themselves, for terms that read their layers (OFD's BN margins)
-    teacher: nn.Module | None = None
-
-
-@dataclass
-class EpochContext:
-    """Handed to ``on_epoch_start`` of every term and data schedule before each main-stage epoch.
-
-    extract(side, names, indices=None): features ``names`` of the "student" or "teacher" over the training
-        set (or the samples ``indices``, in that order), eval mode, test-time transforms: {name: (N, ...)}.
-    set_subset(indices): train this epoch (and later ones, until changed) on these sample indices only
-        (None: all); the learning-rate schedule follows epochs, not steps, so it is unaffected.
-    log(message): an event worth keeping (printed and appended to the run folder's events.log).
-    """
-
-    epoch: int
-    num_train: int
-    train_labels: torch.Tensor | None
-    device: torch.device
-    extract: Callable[[str, Sequence[str]], dict[str, torch.Tensor]]
-    set_subset: Callable[[torch.Tensor | None], None]
-    log: Callable[[str], None]
+__all__ = ["LOSSES", "ROLES", "Batch", "EpochContext", "LossTerm", "ModelOutputs", "SetupContext"]
 
 
 class LossTerm(nn.Module):
@@ -91,6 +45,35 @@ class LossTerm(nn.Module):
     needs_teacher: ClassVar[bool] = True
     student_features: tuple[str, ...] = ()
     teacher_features: tuple[str, ...] = ()
+    roles: Mapping[str, str] = {"student": "student", "teacher": "teacher"}  # role -> model name
+
+    def bind(self, models: Mapping[str, str]) -> None:
+        """Called once with the run's models (name -> "trainable" / "frozen") before anything is built.
+
+        The default checks that the models this term reads in its roles exist: the student must be
+        trainable, the teacher (if the term needs one) may be either. A ValueError names the fix.
+        """
+        student = self.roles["student"]
+        if student not in models:
+            raise ValueError(f"reads model {student!r} as its student, but the run has no model of that name "
+                             f"(models: {', '.join(models)})")
+        if models[student] != TRAINABLE:
+            raise ValueError(f"reads model {student!r} as its student, but {student!r} is frozen: name a "
+                             "trainable model")
+        if self.needs_teacher and self.roles["teacher"] not in models:
+            teacher = self.roles["teacher"]
+            frozen = [n for n, r in models.items() if r == FROZEN]
+            hint = f"frozen models in this run: {', '.join(frozen)}" if frozen else \
+                "set `teacher` in the config (teacher.config or teacher.checkpoint)"
+            raise ValueError(f"reads model {teacher!r} as its teacher, but the run has no model of that name: {hint}")
+
+    def reads(self) -> dict[str, tuple[str, ...]]:
+        """Model name -> the features this term reads from it (an empty tuple: its logits only)."""
+        out = {self.roles["student"]: tuple(self.student_features)}
+        if self.needs_teacher:
+            teacher = self.roles["teacher"]
+            out[teacher] = out.get(teacher, ()) + tuple(f for f in self.teacher_features if f not in out.get(teacher, ()))
+        return out
 
     def setup(self, ctx: SetupContext) -> None:
         """Build parameters that depend on feature shapes. Called once before training."""

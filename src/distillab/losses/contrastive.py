@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from distillab.engine import dist as comm
+from distillab.core import dist as comm
 from distillab.losses.base import LOSSES, Batch, LossTerm, SetupContext
 from distillab.losses.common import Embed
 from distillab.losses.memory import ContrastMemory, nce_loss

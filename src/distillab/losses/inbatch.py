@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillab.engine import dist as comm
+from distillab.core import dist as comm
 from distillab.losses.base import LOSSES, Batch, EpochContext, LossTerm, SetupContext
 from distillab.losses.common import Embed
 from distillab.methods import register_method

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distillab.engine import dist as comm
+from distillab.core import dist as comm
 
 NCE_EPS = 1e-7  # RepDistiller's eps in the NCE ratios
 ANCHORS = ("student", "teacher")

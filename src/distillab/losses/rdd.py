@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from distillab.engine import dist as comm
+from distillab.core import dist as comm
 from distillab.losses.base import LOSSES, Batch, EpochContext, LossTerm, SetupContext
 from distillab.losses.common import Embed
 from distillab.losses.memory import ContrastMemory, nce_per_anchor
@@ -93,7 +93,7 @@ class RDD(LossTerm):
     Under DistributedDataParallel (torchrun), every rank holds the same tables and draws the negatives
     of the whole global batch from the same generator state, then keeps its own rows; the weights are
     normalised by the mean confusion over the global batch; each rank mines its
-    :func:`~distillab.engine.dist.shard_range` of the rows and the results are gathered (standard mode's
+    :func:`~distillab.core.dist.shard_range` of the rows and the results are gathered (standard mode's
     max |R1 - R0| all-reduced first). The result equals a single process with the global batch.
 
     Where we differ, and why (see docs/rdd.md):

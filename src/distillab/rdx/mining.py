@@ -309,7 +309,7 @@ def mine(x_teacher: Tensor, x_student: Tensor, *, gamma: float | str = GAMMA_DEF
             without ``abs_max``).
         rows: mine only samples ``start`` to ``end - 1`` (the anchors are still drawn from, and ranked
             against, all N): the results are those rows of the full pass, so the row ranges of several
-            calls (e.g. one per rank, :func:`distillab.engine.dist.shard_range`) concatenate to it.
+            calls (e.g. one per rank, :func:`distillab.core.dist.shard_range`) concatenate to it.
         need_pool: False skips the negative pools (``negative_pool`` is then None): positives, confusion
             and KNA only, without the N x pool_k table.
         pool_affinity: also return each pool member's A10 (``pool_affinity``, float32 like the pools).

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import math
 import platform
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -25,80 +23,13 @@ import torch
 import typer
 from torch import nn
 
+from distillab.models import LoadedModel, load_model
 from distillab.rdx.affinity import rdx_affinities, resolve_gamma
 from distillab.rdx.explain import (DIRECTIONS, NULL_THRESHOLD, FigureData, cluster_composition, explain_direction,
                                    pca_2d, save_direction_figure, save_overview_figure)
 
 SPLITS = ("train", "test", "all")
 FIGURES = {"10": "rdx_10_student_unique.png", "01": "rdx_01_expert_unique.png", "overview": "rdx_overview.png"}
-
-
-@dataclass
-class LoadedCheckpoint:
-    """A checkpoint's record: where it is, what it is, and its state."""
-
-    path: Path
-    arch: str | None
-    options: dict
-    data: str | None
-    data_options: dict
-    num_classes: int | None
-    test_top1: float | None
-    state: dict
-
-    @property
-    def label(self) -> str:
-        """A short name: the run folder for a run's model.pt, else the file name without suffix."""
-        name = self.path.parent.name if self.path.name == "model.pt" and self.path.parent.name else self.path.stem
-        return re.sub(r"[^A-Za-z0-9_.+-]+", "_", name) or "model"
-
-    def describe(self, role: str) -> str:
-        """'expert: run-name, test top-1 98.2%' for figure titles."""
-        parts = [self.label] if self.label != role else []
-        if self.test_top1 is not None:
-            parts.append(f"test top-1 {self.test_top1:.1f}%")
-        return f"{role}: {', '.join(parts)}" if parts else role
-
-
-def read_checkpoint(path: str | Path, arch: str | None = None) -> LoadedCheckpoint:
-    """Read a run's ``model.pt`` (a run folder stands for its model.pt) or a bare state dict."""
-    from distillab.engine.checkpoint import load_checkpoint
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist: give the model.pt of a distillab run "
-                                "(or its run folder)")
-    meta = load_checkpoint(path)
-    saved = meta.get("config") or {}
-    recorded = meta.get("arch")
-    return LoadedCheckpoint(
-        path=path, arch=arch or recorded,
-        # options recorded for another architecture do not apply to the one asked for
-        options=dict(meta.get("options") or {}) if arch is None or arch == recorded else {},
-        data=meta.get("data"), data_options=dict((saved.get("data") or {}).get("options") or {}),
-        num_classes=meta.get("num_classes"), test_top1=meta.get("test_top1"), state=meta)
-
-
-def build_network(ckpt: LoadedCheckpoint, num_classes: int, role: str) -> nn.Module:
-    """The checkpoint's architecture with its weights, loaded strictly. Its classifier keeps the number
-    of classes it was trained with (RDX reads the embedding only)."""
-    from distillab.models import create_model, load_state_dict_compat
-    from distillab.registry import RegistryError
-
-    if ckpt.arch is None:
-        raise ValueError(f"checkpoint {str(ckpt.path)!r} does not record its architecture: pass --arch-{role[-1]}")
-    try:
-        model = create_model(ckpt.arch, num_classes=ckpt.num_classes or num_classes, **ckpt.options)
-    except RegistryError as exc:
-        raise ValueError(f"{role}: {exc}") from None
-    try:
-        load_state_dict_compat(model, ckpt.state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{role} checkpoint {str(ckpt.path)!r} does not fit architecture {ckpt.arch!r} "
-                         f"(options {ckpt.options}): {exc}") from None
-    return model
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -162,14 +93,14 @@ def embed(model: nn.Module, x_raw: torch.Tensor, transform: Callable[[torch.Tens
     return embed_batches(model.to(device), batches, role)
 
 
-def _output_dir(out: Path | None, a: LoadedCheckpoint, b: LoadedCheckpoint) -> Path:
+def _output_dir(out: Path | None, a: LoadedModel, b: LoadedModel) -> Path:
     from distillab.engine.rundir import create_run_dir
 
     target = Path(out) if out is not None else Path("runs") / f"rdx-{a.label}-vs-{b.label}"
     return create_run_dir(target.parent, target.name)  # an existing folder gets -2, -3, ...
 
 
-def _model_record(ckpt: LoadedCheckpoint) -> dict:
+def _model_record(ckpt: LoadedModel) -> dict:
     return {"path": str(ckpt.path), "arch": ckpt.arch, "options": ckpt.options, "data": ckpt.data,
             "data_options": ckpt.data_options, "test_top1": ckpt.test_top1}
 
@@ -190,7 +121,7 @@ def run_rdx(model_a: str | Path, model_b: str | Path, *, data: str | None = None
     FileNotFoundError, with the fix in the message, for anything the user can correct.
     """
     from distillab.data import build_dataset, dataset_options
-    from distillab.engine.rundir import write_json_atomic
+    from distillab.core.files import write_json_atomic
     from distillab.engine.trainer import resolve_device
 
     report = report or (lambda msg: None)
@@ -199,7 +130,8 @@ def run_rdx(model_a: str | Path, model_b: str | Path, *, data: str | None = None
     gamma = parse_gamma(gamma)
     seconds: dict[str, float] = {}
     tic = time.perf_counter()
-    a, b = read_checkpoint(model_a, arch_a), read_checkpoint(model_b, arch_b)
+    a, b = (load_model(m, arch=arch, role=role)
+            for m, arch, role in ((model_a, arch_a, "model_a"), (model_b, arch_b, "model_b")))
 
     name = data or a.data
     if name is None:
@@ -219,7 +151,8 @@ def run_rdx(model_a: str | Path, model_b: str | Path, *, data: str | None = None
         raise ValueError(f"{len(indices)} samples are too few for {k + 1} clusters: lower --k or use --split all")
 
     dev = resolve_device(device)
-    emb_a, emb_b = (embed(build_network(ckpt, bundle.num_classes, role), x_raw, bundle.test_transform, dev, role)
+    # each classifier keeps the classes it was trained with: RDX reads the embeddings only
+    emb_a, emb_b = (embed(ckpt.model, x_raw, bundle.test_transform, dev, role)
                     for ckpt, role in ((a, "model_a"), (b, "model_b")))
     seconds["load_and_embed"] = time.perf_counter() - tic
 
@@ -320,12 +253,12 @@ def rdx_command(
     device: str = typer.Option("auto", help="cpu, cuda, mps or auto"),
 ) -> None:
     """RDX: clusters of samples one model groups and the other separates, in both directions, with figures."""
-    from distillab.cli import USER_ERRORS, _fail, console
+    from distillab.cli_common import USER_ERRORS, console, fail
 
     try:
         folder = run_rdx(model_a, model_b, data=data, root=root, classes=parse_classes(classes), split=split, n=n,
                          k=k, gamma=gamma, beta=beta, out=out, arch_a=arch_a, arch_b=arch_b, seed=seed,
                          null_threshold=null_threshold, device=device, report=console.print)
     except USER_ERRORS as exc:
-        _fail(exc)
+        fail(exc)
     console.print(format_summary(folder), highlight=False)
