@@ -113,8 +113,11 @@ def compare(args: argparse.Namespace) -> None:
     print(f"{'config':18s} {'before':>8s} {'after':>8s}  weights  last-row  verdict")
     for name in sorted(set(before) | set(after)):
         b, a = before.get(name), after.get(name)
-        if b is None or a is None:
-            print(f"{name:18s} only in {'after' if b is None else 'before'}")
+        if b is None:  # a config added by the change: nothing to compare it with
+            print(f"{name:18s} {'-':>8s} {a.get('test_top1')!s:>8s}  new config, not compared")
+            continue
+        if a is None:
+            print(f"{name:18s} only in before: MISSING after")
             differ += 1
             continue
         same_w = b.get("weights_sha256") == a.get("weights_sha256")
@@ -123,7 +126,7 @@ def compare(args: argparse.Namespace) -> None:
         differ += not same
         print(f"{name:18s} {b.get('test_top1')!s:>8s} {a.get('test_top1')!s:>8s}  {'same' if same_w else 'DIFF':7s}"
               f"  {'same' if same_row else 'DIFF':8s}  {'identical' if same else 'DIFFERENT'}")
-    print(f"{len(set(before) | set(after)) - differ} identical, {differ} different")
+    print(f"{len(before) - differ} of {len(before)} identical, {differ} different")
     sys.exit(1 if differ else 0)
 
 

@@ -145,6 +145,7 @@ def _field_hint(data: str, field: str) -> str:
 
 def check_plan(cfg: RunConfig) -> RunPlan:
     """Check everything a config says before any data set is read or model built; return the plan."""
+    fields = check_data(cfg)
     objective = build_objective(cfg.method)
     configured = _configured_models(cfg)
     objective.bind({m.name: m.role for m in configured})
@@ -152,7 +153,6 @@ def check_plan(cfg: RunConfig) -> RunPlan:
     models = [m for m in configured if m.role == TRAINABLE or m.name in needed]
     for m in models:
         _check_model_options(m)
-    fields = check_data(cfg)
     for m in models:
         if m.input not in fields:
             raise ConfigError(f"{m.section}.input: data set {cfg.data.name!r} does not provide input {m.input!r} "

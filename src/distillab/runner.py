@@ -23,6 +23,7 @@ from distillab.engine.progress import TrainingProgress
 from distillab.engine.rundir import create_run_dir
 from distillab.engine.trainer import Trainer
 from distillab.models import MODELS, create_model, load_model
+from distillab.objective import build_objective
 from distillab.plan import PACKAGED_CONFIGS, ModelPlan, RunPlan, check_plan, find_config  # noqa: F401
 from distillab.registry import RegistryError
 from distillab.store import TeacherStore
@@ -57,8 +58,12 @@ def build_model(plan: ModelPlan, data: DataBundle, store: TeacherStore) -> nn.Mo
 
 
 def build_models(plan: RunPlan, data: DataBundle, store: TeacherStore) -> ModelSet:
-    return ModelSet([RunModel(m.name, build_model(m, data, store), m.role, m.input, m.arch, m.options,
-                              m.config.lr, m.config.weight_decay) for m in plan.models])
+    """The plan's models, frozen ones built first (their initialisation draws from the global generator
+    before the trainable models', as it always has: a run's student starts from the same weights as before)."""
+    order = sorted(plan.models, key=lambda m: m.role == TRAINABLE)
+    built = {m.name: build_model(m, data, store) for m in order}
+    return ModelSet([RunModel(m.name, built[m.name], m.role, m.input, m.arch, m.options, m.config.lr,
+                              m.config.weight_decay) for m in plan.models])
 
 
 def default_name(cfg: RunConfig) -> str:
@@ -140,6 +145,8 @@ def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path |
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     data = build_data(cfg)
+    # built again from the seed: terms that draw random numbers when constructed draw them here, as always
+    objective = build_objective(cfg.method)
     models = build_models(plan, data, TeacherStore(cfg.store))
 
     run_dir = _prepare_run_dir(cfg, dist, resume, run_dir)
@@ -147,7 +154,7 @@ def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path |
         write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         report(f"run folder: {run_dir}" + (f" ({dist.world_size} processes)" if dist.enabled else ""))
 
-    trainer = Trainer(cfg, models=models, objective=plan.objective, data=data, run_dir=run_dir, device=device,
+    trainer = Trainer(cfg, models=models, objective=objective, data=data, run_dir=run_dir, device=device,
                       dist=dist, reporter=report)
     if resume is not None:
         trainer.resume(run_dir / "checkpoints" / "last.pt")
