@@ -4,6 +4,14 @@ The generator is run once per set of generator arguments and its output cached a
 ``root`` (file name keyed by a hash of the arguments); later calls load the cache. The package's
 generator seeds numpy's (and Python's) global random state; that state is saved and restored
 around it, so building this data set leaves the caller's random streams untouched.
+
+Privileged information (``privileged=true``; learning using privileged information, Lopez-Paz et al.
+2016): each sample also gets a field ``clean``, the same draw's signal before the generator's
+translation, noise and shear: the template, padded, dilated and scaled, interpolated to the final
+length. A teacher reads ``clean``, the student the usual noisy ``input``. To build both views from one
+draw, the package's generation loop is re-run here (:func:`_sample_views`, :func:`_generate`) calling its
+own step functions in its order with its random draws, so the main view is bit-identical to
+``mnist1d.data.make_dataset``; the privileged cache file (``...-clean.npz``) holds both views.
 """
 
 from __future__ import annotations
@@ -19,7 +27,12 @@ import torch
 
 from distillab.core.files import atomic_file
 from distillab.data.augment import RandomShift1D
-from distillab.data.base import DATASETS, ArrayDataset, DataBundle, resolve_root
+from distillab.data.base import DATASETS, ArrayDataset, DataBundle, InputField, resolve_root
+
+CLEAN = "clean"  # the privileged field: the signal before translation, noise and shear
+TEMPLATE_EPS = 1e-8  # mnist1d.transform.transform's eps: lifts the template off 0 so the noise mask spares it
+MAIN_KEYS = ("x", "y", "x_test", "y_test")
+CLEAN_KEYS = ("x_clean", "x_test_clean")
 
 
 def _default_args() -> dict:
@@ -28,49 +41,111 @@ def _default_args() -> dict:
     return dict(get_dataset_args(as_dict=True))
 
 
-def _generate(args: dict) -> dict:
-    """Run the package's generator with ``args``; returns its dict (x, y, x_test, y_test, ...)."""
-    from mnist1d.data import make_dataset
-    from mnist1d.utils import ObjectView
+def _sample_views(template: np.ndarray, args: dict) -> tuple[np.ndarray, np.ndarray]:
+    """One sample's (main, clean) signals, float64 of length ``final_seq_length``, from one draw.
 
+    ``mnist1d.transform.transform`` step for step, with the same global numpy random calls in the same
+    order: pad (random length), dilate (interpolate to template_len + max padding), scale (random),
+    translate (random circular shift), correlated noise where the signal is 0 and iid noise everywhere
+    (random), shear (random), interpolate to final_seq_length. The package also interpolates the time
+    axis ``t`` alongside; that draws nothing and is not needed, so it is skipped. The clean view is
+    the signal right after the scale, interpolated to final_seq_length: it skips the translation, both
+    noises and the shear, so the (scaled, dilated) template always starts at position 0, followed by
+    exact zeros.
+    """
+    from mnist1d.transform import corr_noise_like, iid_noise_like, interpolate, pad, shear, translate
+
+    x = pad(template + TEMPLATE_EPS, args["padding"])
+    x = interpolate(x, args["template_len"] + args["padding"][-1])
+    x *= 1 + args["scale_coeff"] * (np.random.rand() - 0.5)
+    clean = interpolate(x, args["final_seq_length"])
+    x = translate(x, args["max_translation"])
+    mask = x != 0
+    x = mask * x + (1 - mask) * corr_noise_like(x, args["corr_noise_scale"])
+    x = x + iid_noise_like(x, args["iid_noise_scale"])
+    x = shear(x, args["shear_scale"])
+    return interpolate(x, args["final_seq_length"]), clean
+
+
+def _centre_and_scale(xs: np.ndarray) -> np.ndarray:
+    """The package's dataset-level normalisation: mean 0, standard deviation 1 over the whole set."""
+    return (xs - xs.mean()) / xs.std()
+
+
+def _generate(args: dict) -> dict[str, np.ndarray]:
+    """``mnist1d.data.make_dataset(args)`` (x, y, x_test, y_test, bit-identical) plus the clean view
+    (x_clean, x_test_clean) of the same samples in the same order.
+
+    As the package does: seed, ``num_samples // 10`` samples per class in class order, one shuffle of
+    the samples, an optional shuffle of the positions (applied to both views alike), each view
+    centred and scaled over the whole set, then the train/test split.
+    """
+    from mnist1d.data import get_templates
+    from mnist1d.utils import set_seed
+
+    templates = get_templates()
+    per_class = args["num_samples"] // len(templates["y"])
     np_state = np.random.get_state()
     py_state = random.getstate()
     try:
-        return make_dataset(ObjectView(dict(args)))
+        set_seed(args["seed"])
+        xs, cleans, ys = [], [], []
+        for template, label in zip(templates["x"], templates["y"]):
+            for _ in range(per_class):
+                x, clean = _sample_views(template, args)
+                xs.append(x)
+                cleans.append(clean)
+                ys.append(label)
+        order = np.random.permutation(len(ys))
+        xs, cleans, ys = np.stack(xs)[order], np.stack(cleans)[order], np.stack(ys)[order]
+        if args["shuffle_seq"]:
+            positions = np.random.permutation(args["final_seq_length"])
+            xs, cleans = xs[..., positions], cleans[..., positions]
     finally:
         np.random.set_state(np_state)
         random.setstate(py_state)
+    xs, cleans = _centre_and_scale(xs), _centre_and_scale(cleans)
+    split = int(len(ys) * args["train_split"])
+    return {"x": xs[:split], "x_test": xs[split:], "y": ys[:split], "y_test": ys[split:],
+            "x_clean": cleans[:split], "x_test_clean": cleans[split:]}
 
 
-def cache_path(root: Path, args: dict) -> Path:
-    """Cache file for one set of generator arguments (the download address is not part of the key)."""
+def cache_path(root: Path, args: dict, clean: bool = False) -> Path:
+    """Cache file for one set of generator arguments (the download address is not part of the key);
+    the file that also holds the clean view ends in ``-clean``."""
     key_args = {k: v for k, v in sorted(args.items()) if k != "url"}
     digest = hashlib.sha256(json.dumps(key_args, sort_keys=True).encode()).hexdigest()[:12]
-    name = f"mnist1d-n{args['num_samples']}-seed{args['seed']}-{digest}.npz"
+    name = f"mnist1d-n{args['num_samples']}-seed{args['seed']}-{digest}{'-clean' if clean else ''}.npz"
     return root / name
 
 
-def _load_or_generate(root: Path, args: dict) -> dict[str, np.ndarray]:
-    path = cache_path(root, args)
+def _load_or_generate(root: Path, args: dict, clean: bool = False) -> dict[str, np.ndarray]:
+    path = cache_path(root, args, clean)
+    keys = MAIN_KEYS + (CLEAN_KEYS if clean else ())
     if path.is_file():
         try:
             with np.load(path) as f:
-                return {k: f[k] for k in ("x", "y", "x_test", "y_test")}
+                return {k: f[k] for k in keys}
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # unreadable cache: regenerate and overwrite it
     data = _generate(args)
-    arrays = {
-        "x": np.asarray(data["x"], dtype=np.float32),
-        "y": np.asarray(data["y"], dtype=np.int64),
-        "x_test": np.asarray(data["x_test"], dtype=np.float32),
-        "y_test": np.asarray(data["y_test"], dtype=np.int64),
-    }
+    arrays = {k: np.asarray(data[k], dtype=np.int64 if k.startswith("y") else np.float32) for k in keys}
     with atomic_file(path) as f:
         np.savez(f, **arrays)
     return arrays
 
 
-@DATASETS.register("mnist1d", description="MNIST-1D signals (1x40, 10 classes), generated and cached")
+def _scalar_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """The training set's scalar mean and standard deviation, as one-channel lists."""
+    return [float(x.double().mean())], [float(x.double().std())]
+
+
+@DATASETS.register(
+    "mnist1d",
+    description="MNIST-1D signals (1x40, 10 classes), generated and cached",
+    fields=lambda options: (CLEAN,) if options.get("privileged") else (),
+    field_hints={CLEAN: "set data.options.privileged=true"},
+)
 def mnist1d(
     root: str | Path | None = None,
     download: bool = False,
@@ -78,6 +153,7 @@ def mnist1d(
     train_split: float = 0.8,
     seed: int = 42,
     max_shift: int = 2,
+    privileged: bool = False,
 ) -> DataBundle:
     """MNIST-1D from the ``mnist1d`` generator.
 
@@ -86,8 +162,10 @@ def mnist1d(
     to this many positions with zero fill (zero is the training mean after normalisation; the
     generator already translates the digit pattern, so a small shift only adds jitter); 0 turns
     augmentation off. Inputs are float32 (N, 1, 40), normalised with the training set's scalar
-    mean and standard deviation. ``download`` is accepted for a uniform interface; nothing is
-    downloaded.
+    mean and standard deviation. privileged: also give each sample the field ``clean`` (the same
+    draw before translation, noise and shear, see :func:`_sample_views`), normalised with its own
+    training-set mean and standard deviation and shifted with the main input. ``download`` is
+    accepted for a uniform interface; nothing is downloaded.
     """
     del download
     if num_samples < 10:
@@ -96,21 +174,27 @@ def mnist1d(
         raise ValueError(f"train_split must lie in (0, 1), got {train_split}")
     args = _default_args()
     args.update(num_samples=int(num_samples), train_split=float(train_split), seed=int(seed))
-    arrays = _load_or_generate(resolve_root(root), args)
+    arrays = _load_or_generate(resolve_root(root), args, clean=bool(privileged))
 
     x_train = torch.from_numpy(arrays["x"]).unsqueeze(1)
     x_test = torch.from_numpy(arrays["x_test"]).unsqueeze(1)
-    mean = float(x_train.double().mean())
-    std = float(x_train.double().std())
+    train_fields, test_fields, fields = {}, {}, {}
+    if privileged:
+        train_fields[CLEAN] = torch.from_numpy(arrays["x_clean"]).unsqueeze(1)
+        test_fields[CLEAN] = torch.from_numpy(arrays["x_test_clean"]).unsqueeze(1)
+        clean_mean, clean_std = _scalar_stats(train_fields[CLEAN])
+        fields[CLEAN] = InputField(tuple(x_train.shape[1:]), clean_mean, clean_std, augment="shared")
+    mean, std = _scalar_stats(x_train)
     return DataBundle(
         name="mnist1d",
-        train=ArrayDataset(x_train, torch.from_numpy(arrays["y"])),
-        test=ArrayDataset(x_test, torch.from_numpy(arrays["y_test"])),
+        train=ArrayDataset(x_train, torch.from_numpy(arrays["y"]), train_fields),
+        test=ArrayDataset(x_test, torch.from_numpy(arrays["y_test"]), test_fields),
         num_classes=10,
         input_shape=tuple(x_train.shape[1:]),
         kind="signal",
-        mean=[mean],
-        std=[std],
+        mean=mean,
+        std=std,
         augment=RandomShift1D(max_shift) if max_shift > 0 else None,
         class_names=[str(i) for i in range(10)],
+        fields=fields,
     )
