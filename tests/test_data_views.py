@@ -184,4 +184,10 @@ def test_batches_carry_the_field_and_share_the_augmentation(name, options, field
     if isinstance(bundle.augment, RandomShift1D):
         assert params["shifts"].abs().max() > 0
     for f in (MAIN_INPUT, field):
-        assert torch.equal(prepared[f], bundle.augment.apply(bundle.prepare_field(f, batches[0][f]), params))
+        fill = bundle.fields[f].fill if f != MAIN_INPUT else None  # each view pads with its own black
+        expected = bundle.augment.apply(bundle.prepare_field(f, batches[0][f]), params, **({"fill": fill} if fill else {}))
+        assert torch.equal(prepared[f], expected)
+    if field == "lowres":  # a sample shifted right by the crop shows the low-res view's black in its first column
+        shifted = (params["offsets"][:, 1] == 0).nonzero()[0, 0]
+        black = bundle.fields[field].fill[0]
+        assert torch.allclose(prepared[field][shifted, 0, :, 0], torch.full((8,), black))

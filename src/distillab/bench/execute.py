@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from distillab.bench.suite import RunSpec, TeacherJob
-from distillab.config import ConfigError, to_yaml
+from distillab.config import ConfigError, load_config
 
 DONE, PARTIAL, FAILED, NEW = "done", "partial", "failed", "new"
 
@@ -37,8 +37,13 @@ def run_state(folder: Path) -> str:
     return NEW
 
 
-def _comparable(yaml_text: str) -> str:
-    return yaml_text.strip()
+def _saved_config(path: Path) -> dict | None:
+    """A run folder's config, validated (keys added to distillab since it was written take their defaults,
+    so an older folder still compares equal to the same settings); None if it no longer validates."""
+    try:
+        return load_config(path).model_dump(mode="json")
+    except ConfigError:
+        return None
 
 
 def check_stale(runs: list[RunSpec]) -> list[str]:
@@ -47,7 +52,7 @@ def check_stale(runs: list[RunSpec]) -> list[str]:
     for spec in runs:
         saved = spec.folder / "config.yaml"
         if saved.is_file() and run_state(spec.folder) in (DONE, PARTIAL):
-            if _comparable(saved.read_text()) != _comparable(to_yaml(spec.load())):
+            if _saved_config(saved) != spec.load().model_dump(mode="json"):
                 stale.append(spec.key)
     return stale
 
@@ -148,15 +153,14 @@ def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, worker
         raise ConfigError(f"{len(stale)} run folder(s) hold results made with other settings ({shown}): "
                           "write this grid into another --out folder, or delete those folders")
     failed_teachers: dict[str, str] = {}
-    needed = {spec.teacher.config for spec in runs if spec.teacher is not None
-              and run_state(spec.folder) != DONE}
-    for config, job in teachers.items():
-        if config not in needed:
+    needed = {job.key for spec in runs if run_state(spec.folder) != DONE for job in spec.teachers}
+    for job in teachers.values():
+        if job.key not in needed:
             continue
         ok, msg = ensure_teacher(job, report)
         report(msg)
         if not ok:
-            failed_teachers[config] = msg
+            failed_teachers[job.key] = msg
 
     outcomes: list[Outcome] = []
     todo: list[RunSpec] = []
@@ -165,8 +169,8 @@ def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, worker
             outcomes.append(Outcome(spec.key, "skipped"))
             if on_outcome:
                 on_outcome(outcomes[-1], spec)
-        elif spec.teacher is not None and spec.teacher.config in failed_teachers:
-            msg = f"not run: {failed_teachers[spec.teacher.config]}"
+        elif any(job.key in failed_teachers for job in spec.teachers):
+            msg = f"not run: {next(failed_teachers[job.key] for job in spec.teachers if job.key in failed_teachers)}"
             spec.folder.mkdir(parents=True, exist_ok=True)
             if run_state(spec.folder) != PARTIAL:
                 (spec.folder / "error.txt").write_text(msg + "\n")

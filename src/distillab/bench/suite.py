@@ -26,6 +26,7 @@ folder ``<out>/runs/<pair>/<label>/seed<k>`` that makes the grid resumable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,11 @@ class TeacherJob:
     overrides: list[str]
     folder: Path  # run folder for its training
 
+    @property
+    def key(self) -> str:
+        """What names this teacher in a grid: its config, and the overrides it is trained with."""
+        return self.config if not self.overrides else f"{self.config} {json.dumps(self.overrides)}"
+
     def load(self) -> RunConfig:
         from distillab.runner import find_config
 
@@ -115,8 +121,14 @@ class RunSpec:
     config: str  # resolved path of the run's config file
     overrides: list[str]
     folder: Path
-    teacher: TeacherJob | None = None
+    teacher: TeacherJob | None = None  # the pair's teacher, when the run reads it
+    extra_teachers: list[TeacherJob] = field(default_factory=list)  # more frozen models found by their config
     extra: dict = field(default_factory=dict)
+
+    @property
+    def teachers(self) -> list[TeacherJob]:
+        """Every teacher that must be in the store before this run starts."""
+        return ([self.teacher] if self.teacher is not None else []) + list(self.extra_teachers)
 
     @property
     def key(self) -> str:
@@ -205,12 +217,13 @@ class Suite:
                 method, has_teacher = base_cfg.method.name, base_cfg.teacher is not None
                 tov = ([f"teacher.config={pair.teacher}", f"teacher.overrides={json.dumps(teacher.overrides)}"]
                        if has_teacher and teacher is not None else [])
+                extra_jobs, mov = self._config_teachers(base_cfg, pair, out, extra, teachers)
                 for seed in seeds if seeds is not None else self.spec.seeds:
                     folder = out / "runs" / pair.name / label / f"seed{seed}"
-                    ov = [*base, *tail, *tov, f"seed={seed}", f"out_dir={folder.parent}", f"name={folder.name}",
-                          "train.progress=false"]
+                    ov = [*base, *tail, *tov, *mov, f"seed={seed}", f"out_dir={folder.parent}",
+                          f"name={folder.name}", "train.progress=false"]
                     runs.append(RunSpec(pair.name, label, method, seed, str(path), ov, folder,
-                                        teacher if has_teacher else None))
+                                        teacher if has_teacher and teacher is not None else None, extra_jobs))
         unknown_rows = {label for p in self.spec.pairs for label in p.method_overrides} - seen_labels
         if unknown_rows and not pairs:
             raise ConfigError(f"suite {self.name!r}: method_overrides name rows no pair has: {sorted(unknown_rows)}")
@@ -218,6 +231,28 @@ class Suite:
             if m not in seen_labels:
                 raise ConfigError(unknown_name_message(f"method of suite {self.name!r}", m, sorted(seen_labels)))
         return runs, teachers
+
+    def _config_teachers(self, cfg: RunConfig, pair: PairSpec, out: Path, extra: list[str],
+                         teachers: dict[str, TeacherJob]) -> tuple[list[TeacherJob], list[str]]:
+        """Teachers a row's config finds in the store by their training config, besides the pair's (the
+        teachers of a multi-teacher row, a row's own teacher in a pair without one): a job for each (added to
+        ``teachers``), and the overrides that make the run look up exactly what the job trains (the suite's
+        overrides come first, as for the pair's teacher)."""
+        found = [(f"models.{name}", m) for name, m in cfg.models.items() if m.role == "frozen"]
+        if pair.teacher is None and cfg.teacher is not None:
+            found.insert(0, ("teacher", cfg.teacher))
+        jobs, overrides = [], []
+        for section, m in found:
+            if m.config is None or m.checkpoint is not None:
+                continue
+            job = TeacherJob(m.config, [*self.spec.overrides, *extra, *m.overrides], out / "teachers")
+            job = teachers.setdefault(job.key, job)
+            if job.folder == out / "teachers":  # a new job: a folder named after its config and overrides
+                digest = hashlib.sha1(job.key.encode()).hexdigest()[:8] if m.overrides else ""
+                job.folder = out / "teachers" / "-".join(filter(None, [Path(m.config).stem, digest]))
+            jobs.append(job)
+            overrides.append(f"{section}.overrides={json.dumps(job.overrides)}")
+        return jobs, overrides
 
     def _resolve(self, pair: PairSpec, label: str, template: str | None, fields: dict, find_config) -> Path:
         candidates = [template] if template else list(pair.config)

@@ -83,11 +83,12 @@ class RandomCropFlip:
             flips = torch.zeros(n, dtype=torch.bool, device=device)
         return {"offsets": offsets, "flips": flips}
 
-    def _fill_tensor(self, channels: int, x: torch.Tensor) -> torch.Tensor:
-        if len(self.fill) not in (1, channels):
-            raise ValueError(f"fill has {len(self.fill)} values for a batch with {channels} channels")
-        fill = torch.tensor(self.fill, dtype=x.dtype, device=x.device)
-        return fill.expand(channels) if fill.numel() == 1 else fill
+    def _fill_tensor(self, channels: int, x: torch.Tensor, fill: Sequence[float] | None = None) -> torch.Tensor:
+        values = self.fill if fill is None else [float(f) for f in fill]
+        if len(values) not in (1, channels):
+            raise ValueError(f"fill has {len(values)} values for a batch with {channels} channels")
+        out = torch.tensor(values, dtype=x.dtype, device=x.device)
+        return out.expand(channels) if out.numel() == 1 else out
 
     @property
     def key_space(self) -> int:
@@ -107,7 +108,8 @@ class RandomCropFlip:
             keys = keys * 2 + params["flips"].to(keys.device).long()
         return keys
 
-    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, params: Params, fill: Sequence[float] | None = None) -> torch.Tensor:
+        """The crops and flips ``params`` on ``x``; ``fill`` replaces the padding value (another normalisation)."""
         if x.dim() != 4:
             raise ValueError(f"RandomCropFlip expects (N, C, H, W), got shape {tuple(x.shape)}")
         n, c, h, w = x.shape
@@ -118,7 +120,7 @@ class RandomCropFlip:
             raise ValueError(f"params are for {len(offsets)} samples, batch has {n}")
         hp, wp = h + 2 * p, w + 2 * p
         if p > 0:
-            padded = self._fill_tensor(c, x).view(1, c, 1, 1).expand(n, c, hp, wp).clone()
+            padded = self._fill_tensor(c, x, fill).view(1, c, 1, 1).expand(n, c, hp, wp).clone()
             padded[:, :, p : p + h, p : p + w] = x
         else:
             padded = x
@@ -171,7 +173,8 @@ class RandomShift1D:
         """(N,) long in ``[0, key_space)``: ``shift + max_shift``."""
         return params["shifts"].long() + self.max_shift
 
-    def apply(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, params: Params, fill: Sequence[float] | None = None) -> torch.Tensor:
+        """The shifts ``params`` on ``x``; ``fill`` replaces the value of uncovered positions."""
         if x.dim() != 3:
             raise ValueError(f"RandomShift1D expects (N, C, L), got shape {tuple(x.shape)}")
         n, c, length = x.shape
@@ -183,7 +186,7 @@ class RandomShift1D:
             return x.gather(2, (src % length)[:, None, :].expand(n, c, length))
         valid = (src >= 0) & (src < length)
         out = x.gather(2, src.clamp(0, length - 1)[:, None, :].expand(n, c, length))
-        return torch.where(valid[:, None, :], out, torch.full_like(out, self.fill))
+        return torch.where(valid[:, None, :], out, torch.full_like(out, self.fill if fill is None else float(fill[0])))
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(x, self.sample_params(len(x), generator))
@@ -270,13 +273,14 @@ class AugmentPlan:
         rows = index.to(self.device).long() * self.variants + v
         return take_params(self.table, rows), v
 
-    def apply(self, x: torch.Tensor, params: Params | None) -> torch.Tensor:
-        """Apply drawn parameters to a batch (``x`` itself when there is no augmentation)."""
+    def apply(self, x: torch.Tensor, params: Params | None, fill: Sequence[float] | None = None) -> torch.Tensor:
+        """Apply drawn parameters to a batch (``x`` itself when there is no augmentation); ``fill``: the padding
+        value for a batch normalised otherwise than the main input (None: the augmentation's own)."""
         if self.augment is None:
             return x
         if params is None:
             raise ValueError(f"no params to apply for {self.augment!r}; call augment_plain(x, generator) instead")
-        return self.augment.apply(x, params)
+        return self.augment.apply(x, params) if fill is None else self.augment.apply(x, params, fill=fill)
 
     def augment_plain(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Augment without keys: ``augment(x, generator)`` (``x`` itself when there is no augmentation)."""

@@ -68,12 +68,15 @@ class InputField:
     shape: one sample's shape. mean/std: its per-channel normalisation (uint8 is divided by 255 first).
     augment: "shared" applies the main input's augmentation with the *same* drawn parameters (the same
     crop, flip or shift: the views stay aligned; shapes must allow it), "none" leaves it unaugmented.
+    fill: where the field is normalised otherwise than the main input, the value padding takes in it
+    (e.g. ``normalised_black(mean, std)`` of the field for a crop), else the main input's padding is used.
     """
 
     shape: tuple[int, ...]
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     augment: Literal["shared", "none"] = "shared"
+    fill: Sequence[float] | None = None  # padding value of the shared augmentation here (None: the main input's)
 
 
 def _normalise(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
@@ -84,6 +87,11 @@ def _normalise(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[floa
         s = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(shape)
         x = (x - m) / s
     return x
+
+
+def scalar_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """One mean and standard deviation over a whole (training) tensor: a one-channel set's normalisation."""
+    return [float(x.double().mean())], [float(x.double().std())]
 
 
 def data_fields(name: str, options: dict[str, Any]) -> tuple[str, ...]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from distillab.data.augment import RandomCropFlip, normalised_black
-from distillab.data.base import DATASETS, ArrayDataset, DataBundle, InputField
+from distillab.data.base import DATASETS, ArrayDataset, DataBundle, InputField, scalar_stats
 
 LOWRES = "lowres"  # the low-resolution field the student reads
 SIDE = 8  # the images are SIDE x SIDE
@@ -28,10 +28,6 @@ def block_average(images: torch.Tensor, block: int) -> torch.Tensor:
     pooled = F.avg_pool2d(images, block)
     return pooled.repeat_interleave(block, dim=-2).repeat_interleave(block, dim=-1)
 
-
-def _scalar_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    """The training set's one-channel mean and standard deviation."""
-    return [float(x.double().mean())], [float(x.double().std())]
 
 
 @DATASETS.register(
@@ -94,8 +90,11 @@ def digits(
     if lowres is not None:
         coarse = block_average(x, int(lowres))
         train_fields[LOWRES], test_fields[LOWRES] = coarse[train_idx], coarse[test_idx]
-        fields[LOWRES] = InputField((1, SIDE, SIDE), *_scalar_stats(train_fields[LOWRES]), augment="shared")
-    mean, std = _scalar_stats(x_train)
+        low_mean, low_std = scalar_stats(train_fields[LOWRES])
+        # the shared 1-pixel crop pads with black as this view is normalised, not as the main one is
+        fields[LOWRES] = InputField((1, SIDE, SIDE), low_mean, low_std, augment="shared",
+                                    fill=normalised_black(low_mean, low_std))
+    mean, std = scalar_stats(x_train)
     return DataBundle(
         name="digits",
         train=ArrayDataset(x_train, y[train_idx], train_fields),

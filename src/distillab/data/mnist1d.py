@@ -27,7 +27,7 @@ import torch
 
 from distillab.core.files import atomic_file
 from distillab.data.augment import RandomShift1D
-from distillab.data.base import DATASETS, ArrayDataset, DataBundle, InputField, resolve_root
+from distillab.data.base import DATASETS, ArrayDataset, DataBundle, InputField, resolve_root, scalar_stats
 
 CLEAN = "clean"  # the privileged field: the signal before translation, noise and shear
 TEMPLATE_EPS = 1e-8  # mnist1d.transform.transform's eps: lifts the template off 0 so the noise mask spares it
@@ -135,10 +135,6 @@ def _load_or_generate(root: Path, args: dict, clean: bool = False) -> dict[str, 
     return arrays
 
 
-def _scalar_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    """The training set's scalar mean and standard deviation, as one-channel lists."""
-    return [float(x.double().mean())], [float(x.double().std())]
-
 
 @DATASETS.register(
     "mnist1d",
@@ -182,9 +178,9 @@ def mnist1d(
     if privileged:
         train_fields[CLEAN] = torch.from_numpy(arrays["x_clean"]).unsqueeze(1)
         test_fields[CLEAN] = torch.from_numpy(arrays["x_test_clean"]).unsqueeze(1)
-        clean_mean, clean_std = _scalar_stats(train_fields[CLEAN])
+        clean_mean, clean_std = scalar_stats(train_fields[CLEAN])
         fields[CLEAN] = InputField(tuple(x_train.shape[1:]), clean_mean, clean_std, augment="shared")
-    mean, std = _scalar_stats(x_train)
+    mean, std = scalar_stats(x_train)
     return DataBundle(
         name="mnist1d",
         train=ArrayDataset(x_train, torch.from_numpy(arrays["y"]), train_fields),

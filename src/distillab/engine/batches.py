@@ -62,6 +62,7 @@ class BatchPreparer:
             if comm.is_distributed():
                 rows = comm.local_slice(len(global_idx))
                 params, keys = take_params(params, rows), keys[rows]
-            for f in (MAIN_INPUT, *self.shared):
-                fields[f] = self.plan.apply(fields[f], params)
+            fields[MAIN_INPUT] = self.plan.apply(fields[MAIN_INPUT], params)
+            for f in self.shared:
+                fields[f] = self.plan.apply(fields[f], params, fill=self.data.fields[f].fill)
         return {f: self.layout(x) for f, x in fields.items()}, keys
