@@ -2,30 +2,75 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import torch
 import torch.nn.functional as F
 
+from distillab.core.contract import TRAINABLE
 from distillab.losses.base import LOSSES, Batch, LossTerm, SetupContext
 from distillab.methods import register_method
 
 
-@LOSSES.register("ce", description="cross-entropy on the labels (optionally label-smoothed)")
+@LOSSES.register("ce", description="cross-entropy on the labels (optionally label-smoothed), of one or several models")
 class CrossEntropy(LossTerm):
     """Cross-entropy of the student's logits against the labels.
 
     label_smoothing: mass spread uniformly over the classes (Szegedy et al. 2016); 0 is plain CE.
+    models: whose logits: ``"student"`` (the model in the student role; one value, no parts), a list of
+        model names, or ``"trainable"`` (every trainable model of the run, chosen in :meth:`bind`: each
+        peer of mutual learning). With a list or ``"trainable"`` the term is the sum of one CE per model,
+        each returned as a part named after its model.
     """
 
     needs_teacher = False
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: float = 0.0, models: str | list[str] = "student") -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = label_smoothing
+        if isinstance(models, str):
+            if models not in ("student", "trainable"):
+                raise ValueError(f"models must be 'student', 'trainable' or a list of model names, got {models!r} "
+                                 f"(one named model: [{models}])")
+            self.which = models
+            self.names: tuple[str, ...] | None = None  # chosen in bind for "trainable"
+        else:
+            if not models or len(set(models)) != len(models):
+                raise ValueError(f"models must list distinct model names, got {list(models)}")
+            self.which = "named"
+            self.names = tuple(models)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return F.cross_entropy(batch.student.logits.float(), batch.labels, label_smoothing=self.label_smoothing)
+    def bind(self, models: Mapping[str, str]) -> None:
+        if self.which == "student":
+            return super().bind(models)
+        if self.which == "trainable":
+            self.names = tuple(n for n, role in models.items() if role == TRAINABLE)
+            return
+        for name in self.names:
+            if name not in models:
+                raise ValueError(f"models names {name!r}, but the run has no model of that name (models: "
+                                 f"{', '.join(models)}): add it under `models:` or remove it from the term's `models`")
+            if models[name] != TRAINABLE:
+                raise ValueError(f"models names {name!r}, which is frozen: its cross-entropy would train nothing; "
+                                 "remove it from the term's `models`")
+
+    def reads(self) -> dict[str, tuple[str, ...]]:
+        if self.which == "student":
+            return super().reads()
+        return {name: () for name in self._bound_names()}
+
+    def _bound_names(self) -> tuple[str, ...]:
+        if self.names is None:
+            raise RuntimeError("ce with models='trainable' reads the models chosen in bind(): call bind() first")
+        return self.names
+
+    def forward(self, batch: Batch) -> torch.Tensor | dict[str, torch.Tensor]:
+        if self.which == "student":
+            return F.cross_entropy(batch.student.logits.float(), batch.labels, label_smoothing=self.label_smoothing)
+        return {name: F.cross_entropy(batch.output(name).logits.float(), batch.labels,
+                                      label_smoothing=self.label_smoothing) for name in self._bound_names()}
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
