@@ -17,8 +17,11 @@ from distillab.data.cifar import write_fake_cifar_archive
 from distillab.engine.trainer import Trainer
 from distillab.methods import METHODS
 from distillab.models import create_model
-from distillab.objective import build_objective
-from distillab.runner import PACKAGED_CONFIGS
+from distillab.features import FeatureTaps
+from distillab.losses import Batch, ModelOutputs
+from distillab.plan import check_plan, find_config
+from distillab.runner import PACKAGED_CONFIGS, build_models
+from distillab.store import TeacherStore
 
 METHOD_NAMES = [m for m in METHODS.names() if not m.startswith("_")]
 MNIST1D_CONFIG = {"ce": "student_baseline"}
@@ -48,52 +51,67 @@ def test_preset_has_description_and_configs(method):
         assert cfg.method.name == method
 
 
+def frozen_checkpoints(path, tmp_path, num_classes: int, arch: str | None = None, **options) -> list[str]:
+    """Overrides pointing the teacher (added where a config has none) and every other frozen model of the config
+    at a checkpoint of random weights with the architecture the config gives it (``arch`` forces one)."""
+    cfg = load_config(path)
+    frozen = {"teacher": cfg.teacher, **{f"models.{n}": m for n, m in cfg.models.items() if m.role == "frozen"}}
+    out = []
+    for section, t in frozen.items():
+        trained = load_config(PACKAGED_CONFIGS / "mnist1d" / "teacher_cnn1d.yaml") \
+            if t is None or t.config is None else load_config(find_config(t.config), t.overrides)
+        name = arch or (t.arch if t is not None and t.arch else trained.student.arch)
+        opts = options if arch else ((t.options if t is not None and t.options else trained.student.options)
+                                     if name == trained.student.arch else {})
+        file = tmp_path / f"{section}.pt"
+        torch.manual_seed(len(out))
+        torch.save({"model": create_model(name, num_classes=num_classes, **opts).state_dict(), "arch": name,
+                    "options": opts}, file)
+        out += [f"{section}.checkpoint={file}", f"{section}.arch={name}"]
+    return out
+
+
 def _trainer(method: str, tmp_path) -> Trainer:
-    cfg = load_config(mnist1d_config(method), [
+    path = mnist1d_config(method)
+    cfg = load_config(path, [
         "train.device=cpu", "train.batch_size=32", "train.tensorboard=false", "data.options.num_samples=200",
-        *short_stages(method)])
+        *short_stages(method), *frozen_checkpoints(path, tmp_path, 10)])
     data = build_dataset(cfg.data.name, **cfg.data.options)
+    plan = check_plan(cfg)
     torch.manual_seed(0)
-    objective = build_objective(cfg.method)
-    teacher = None
-    if objective.needs_teacher:
-        tcfg = load_config(PACKAGED_CONFIGS / "mnist1d" / "teacher_cnn1d.yaml")
-        arch = cfg.teacher.arch or tcfg.student.arch
-        teacher = create_model(arch, num_classes=data.num_classes, **(cfg.teacher.options or tcfg.student.options))
-    student = create_model(cfg.student.arch, num_classes=data.num_classes, **cfg.student.options)
-    return Trainer(cfg, student=student, teacher=teacher, objective=objective, data=data, run_dir=None)
+    models = build_models(plan, data, TeacherStore(tmp_path / "store"))
+    return Trainer(cfg, models=models, objective=plan.objective, data=data, run_dir=None)
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_one_step_gradients_reach_only_student_and_method(method, tmp_path):
     trainer = _trainer(method, tmp_path)
+    models = trainer.models
     for stage in [s.name for s in trainer.objective.stages] + [None]:
         trainer.objective.use_stage(stage)
         raw = next(iter(trainer.train_loader))
-        x, y, idx = raw["input"], raw["label"], raw["index"]
-        x = trainer.data.train_transform(x, torch.Generator().manual_seed(0))
-        from distillab.features import FeatureTaps
-        from distillab.losses import Batch, ModelOutputs
-
-        trainer.student.train()
-        for p in list(trainer.student.parameters()) + list(trainer.objective.parameters()):
+        fields, _ = trainer.batches.train(raw, torch.Generator().manual_seed(0))
+        for m in models.trainable:
+            m.module.train()
+        for p in [p for m in models for p in m.module.parameters()] + list(trainer.objective.parameters()):
             p.grad = None
-        with FeatureTaps(trainer.student, trainer.student_taps) as s_taps:
-            t_out = None
-            if trainer.teacher is not None:
-                with FeatureTaps(trainer.teacher, trainer.teacher_taps) as t_taps, torch.no_grad():
-                    t_out = ModelOutputs(trainer.teacher(x), t_taps.pop())
-            s_logits = trainer.student(x)
-            batch = Batch(x, y, idx, ModelOutputs(s_logits, s_taps.pop()), t_out, epoch=25, stage=stage)
-            total, logs = trainer.objective(batch)
+        outputs = {}
+        for m in models:
+            with FeatureTaps(m.module, m.taps) as taps, (torch.no_grad() if not m.trainable else torch.enable_grad()):
+                outputs[m.name] = ModelOutputs(m.module(fields[m.input]), taps.pop())
+        batch = Batch(fields["input"], raw["label"], raw["index"], outputs["student"], outputs.get("teacher"),
+                      epoch=25, stage=stage, outputs=outputs, fields=fields)
+        total, logs = trainer.objective(batch)
         assert total.dim() == 0 and torch.isfinite(total), (method, stage, logs)
         assert all(torch.isfinite(v).all() for v in logs.values()), (method, stage, logs)
         total.backward()
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.student.parameters()) or \
+        trained = [p for m in models.trainable for p in m.module.parameters()]
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained) or \
             any(p.grad is not None for p in trainer.objective.parameters()), f"{method}: no gradient anywhere"
-        if trainer.teacher is not None:
-            assert all(p.grad is None for p in trainer.teacher.parameters()), f"{method}: gradient reached the teacher"
-        for name, p in list(trainer.student.named_parameters()) + list(trainer.objective.named_parameters()):
+        for m in models.frozen:
+            assert all(p.grad is None for p in m.module.parameters()), f"{method}: gradient reached {m.name}"
+        named = [(n, p) for m in models.trainable for n, p in m.module.named_parameters()]
+        for name, p in named + list(trainer.objective.named_parameters()):
             assert p.grad is None or torch.isfinite(p.grad).all(), f"{method}: non-finite gradient in {name}"
     trainer.objective.use_stage(None)
 
@@ -116,16 +134,11 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_cli_one_epoch_mnist1d(method, tmp_path):
-    teacher = tmp_path / "teacher.pt"
-    tcfg = load_config(PACKAGED_CONFIGS / "mnist1d" / "teacher_cnn1d.yaml")
-    cfg = load_config(mnist1d_config(method))
-    arch = (cfg.teacher.arch if cfg.teacher else None) or tcfg.student.arch
-    options = (cfg.teacher.options if cfg.teacher and cfg.teacher.options else tcfg.student.options)
-    torch.save({"model": create_model(arch, num_classes=10, **options).state_dict(), "arch": arch}, teacher)
-    result = runner.invoke(app, ["distill", str(mnist1d_config(method)), "train.epochs=1",
+    path = mnist1d_config(method)
+    result = runner.invoke(app, ["distill", str(path), "train.epochs=1",
                                  "data.options.num_samples=300", f"out_dir={tmp_path / 'runs'}",
                                  "train.progress=false", "train.tensorboard=false", "name=r",
-                                 f"teacher.checkpoint={teacher}", *short_stages(method)])
+                                 *frozen_checkpoints(path, tmp_path, 10), *short_stages(method)])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())["epochs"] == 1
 
@@ -134,15 +147,12 @@ def test_cli_one_epoch_mnist1d(method, tmp_path):
 def cifar_setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cifar")
     write_fake_cifar_archive(root, n_train=48, n_test=16, num_classes=100)
-    teacher = root / "resnet32x4.pth"
-    torch.manual_seed(0)
-    torch.save({"model": create_model("resnet32x4", num_classes=100).state_dict()}, teacher)
-    return root, teacher
+    return root
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_cli_one_epoch_cifar100_archive(method, tmp_path, cifar_setup):
-    root, teacher = cifar_setup
+    root = cifar_setup
     extra = ["method.params.crd.nce_k=16"] if "crd" in METHODS.get(method).terms else []
     if method in ("fsp", "ft"):
         # an untrained resnet32x4 has feature RMS up to ~30; FSP (4th power) and FT's reconstruction (square)
@@ -150,7 +160,7 @@ def test_cli_one_epoch_cifar100_archive(method, tmp_path, cifar_setup):
         extra.append("method.stages.init.lr=0.001")
     result = runner.invoke(app, ["distill", str(cifar_config(method)), f"data.root={root}", "train.epochs=1",
                                  "train.batch_size=16", f"out_dir={tmp_path / 'runs'}", "train.progress=false",
-                                 "train.tensorboard=false", "name=r", f"teacher.checkpoint={teacher}",
-                                 "teacher.arch=resnet32x4", *short_stages(method), *extra])
+                                 "train.tensorboard=false", "name=r", *short_stages(method), *extra,
+                                 *frozen_checkpoints(cifar_config(method), tmp_path, 100, arch="resnet32x4")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "runs" / "r" / "summary.json").read_text())["epochs"] == 1

@@ -48,19 +48,24 @@ class MethodSpec:
     stages: tuple[StageSpec, ...] = ()
     schedule: tuple[str, dict[str, Any]] | None = None  # (registered data schedule, its options)
     step: str = "joint"  # registered training step (distillab.engine.steps): what the loop does with a batch
+    paradigm: str | None = None  # None: one trained student, at most one teacher; else e.g. "mutual", "multi_teacher"
 
 
 def register_method(name: str, description: str, terms: dict[str, tuple], reference: str = "",
                     stages: tuple[StageSpec, ...] = (),
-                    schedule: tuple[str, dict[str, Any]] | None = None, step: str = "joint") -> MethodSpec:
+                    schedule: tuple[str, dict[str, Any]] | None = None, step: str = "joint",
+                    paradigm: str | None = None) -> MethodSpec:
     """Register a preset. ``terms`` maps a term name to ``(loss, weight)`` or ``(loss, weight, params)``;
-    a term used only in a stage has weight 0 here. ``step`` names the training step (default ``joint``)."""
+    a term used only in a stage has weight 0 here. ``step`` names the training step (default ``joint``).
+    ``paradigm`` marks methods that are not one student distilled from one teacher (mutual learning, several
+    teachers, privileged inputs, no teacher network): benchmark suites list them by name, ``all`` leaves
+    them out."""
     specs = {t: TermSpec(*v) for t, v in terms.items()}
     for stage in stages:
         unknown = set(stage.weights) - set(specs)
         if unknown:
             raise ValueError(f"method {name!r}, stage {stage.name!r}: weights for unknown terms {sorted(unknown)}")
-    spec = MethodSpec(name, description, specs, reference, tuple(stages), schedule, step)
+    spec = MethodSpec(name, description, specs, reference, tuple(stages), schedule, step, paradigm)
     METHODS.register(name, description=description)(spec)
     return spec
 

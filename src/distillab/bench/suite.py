@@ -12,7 +12,7 @@ A suite is a YAML file (the shipped ones live in ``configs/suites/``)::
         student: {arch: cnn1d, options: {width: 6}}
         config: [mnist1d/{method}.yaml]           # templates tried in order; {method} {teacher} {student}
         configs: {ce: mnist1d/ce.yaml}            # per-method config, instead of the templates
-        methods: all                              # every registered method (not _private ones), or a list
+        methods: all                              # every one-teacher method (not _private ones, not paradigms), or a list
         exclude: [fsp]
         variants: {rdd_adaptive: mnist1d/rdd_adaptive.yaml}   # extra rows: a label and its config
         overrides: [optim.lr=0.01]                # this pair's runs
@@ -174,8 +174,10 @@ class Suite:
         """(label, config template or None) for every row of a pair, in the registry's order."""
         from distillab.methods import METHODS
 
-        # "all": every registered method but private ones (a leading underscore, e.g. registered by a test)
-        names = [n for n in METHODS.names() if not n.startswith("_")] if pair.methods == "all" else list(pair.methods)
+        # "all": every registered one-teacher-one-student method but private ones (a leading underscore, e.g.
+        # registered by a test); paradigms (mutual learning, several teachers, ...) are listed by name
+        names = ([n for n in METHODS.names() if not n.startswith("_") and METHODS.get(n).paradigm is None]
+                 if pair.methods == "all" else list(pair.methods))
         for name in [*names, *pair.exclude]:
             if name not in METHODS:
                 raise ConfigError(f"suite {self.name!r}, pair {pair.name!r}: "

@@ -148,6 +148,7 @@ register_method(
     {"ce": ("ce", 1.0, {"models": "trainable"}), "dml": ("dml", 1.0)},
     reference="Zhang et al. 2018 (arXiv 1706.00384); YingZhangDUT/Deep-Mutual-Learning train_models.py",
     step="joint",
+    paradigm="mutual",
 )
 
 
@@ -250,6 +251,7 @@ register_method(
     "multi-teacher KD: 0.1 CE + 0.9 KL to the mean of the teachers' softened outputs at T = 4",
     {"ce": ("ce", 0.1), "mtkd": ("mtkd", 0.9, {"temperature": 4.0, "mean": "arith"})},
     reference="Hinton et al. 2015 (arXiv 1503.02531), ensemble average; weights and T of the project's kd preset",
+    paradigm="multi_teacher",
 )
 
 
@@ -305,6 +307,7 @@ register_method(
     {"ce": ("ce", 1.0), "ca_mkd": ("ca_mkd", 1.0, {"temperature": 4.0})},
     reference="Zhang, Chen & Wang 2022 (arXiv 2201.00007); Rorozhl/CA-MKD train_student.py "
               "--ensemble_method CAMKD -r 1 -a 1 --kd_T 4",
+    paradigm="multi_teacher",
 )
 
 
@@ -344,6 +347,7 @@ register_method(
     {"ce": ("ce", 0.5), "soft_ce": ("soft_ce", 0.5, {"temperature": 1.0})},
     reference="Lopez-Paz et al. 2016 (arXiv 1511.03643); lambda = 0.5, T = 1 are the project's choice "
               "(the paper sweeps both)",
+    paradigm="privileged",
 )
 
 
@@ -419,6 +423,7 @@ register_method(
      "tfkd_virtual": ("tfkd_virtual", 0.1, {"correct_prob": 0.99, "temperature": 20.0, "multiplier": 100.0,
                                              "mode": "code"})},
     reference=TFKD_REFERENCE + ", experiments/base_experiments/base_resnet18/params.json",
+    paradigm="teacher_free",
 )
 
 
@@ -458,4 +463,5 @@ register_method(
     "Tf-KD_self: 0.05 CE + 0.95 KD from the student's own trained copy (T = 6, x50; the code's ResNet18)",
     {"ce": ("ce", 0.05), "tfkd_self": ("tfkd_self", 0.95, {"temperature": 6.0, "multiplier": 50.0})},
     reference=TFKD_REFERENCE + ", experiments/kd_experiments/resnet18_distill/resnet18_self_teacher/params.json",
+    paradigm="teacher_free",
 )
