@@ -3,7 +3,7 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ddp_worker.py CONFIG OUT [--resume DIR]
         [key=value ...]
 
-Every rank saves its student weights and its objective's state (memory banks, queues, mined tables,
+Every rank saves its trained models' weights and its objective's state (memory banks, queues, mined tables,
 generator states), so the test can check that the ranks agree and compare them with a single process.
 """
 
@@ -32,6 +32,7 @@ class StateDumpingTrainer(runner.Trainer):
     def fit(self, progress_factory=None):
         summary = super().fit(progress_factory)
         torch.save({"model": self.student.state_dict(), "objective": self.objective.state_dict(),
+                    "models": {m.name: m.module.state_dict() for m in self.models.trainable},
                     "summary": summary, "seen": self.seen, "global_samples": self.global_samples},
                    self.out / f"rank{self.dist.rank}.pt")
         return summary

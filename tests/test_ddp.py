@@ -31,6 +31,14 @@ METHOD_PARAMS = {
 }
 SCHEDULES = {"rdd_curriculum": {"phi0": 0.4, "e_pace": 3}}
 EPOCHS = {"rdd": 2, "rdd_curriculum": 2}
+PEER = {"role": "trainable", "arch": "mlp1d", "options": {"hidden": [16], "norm": False}}
+# runs of several models: mutual learning (joint and sequential updates), two teachers, a privileged-view teacher
+PARADIGMS = {
+    "dml": {"models": {"peer": PEER}},
+    "dml_sequential": {"models": {"peer": PEER}, "method": {"name": "dml", "step": "sequential"}},
+    "mtkd": {"models": {"teacher2": {"role": "frozen", "arch": "cnn1d", "options": {"width": 8}}}},
+    "lupi_kd": {"data": {"options": {"privileged": True}}, "teacher": {"input": "clean"}, "method": {"name": "kd"}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +56,17 @@ def write_config(folder: Path, teacher: Path, method: str, batch_size: int, epoc
         "data": {"name": "mnist1d", "options": {"num_samples": 1000}},
         "student": {"arch": "mlp1d", "options": {"hidden": [32], "norm": False}},
         "teacher": {"arch": "cnn1d", "options": {"width": 8}, "checkpoint": str(teacher)},
-        "method": {"name": method, "params": METHOD_PARAMS[method], "schedule": SCHEDULES.get(method, {})},
+        "method": {"name": method, "params": METHOD_PARAMS.get(method, {}), "schedule": SCHEDULES.get(method, {})},
         "optim": {"name": "sgd", "lr": 0.05, "schedule": "constant"},
         "train": {"epochs": epochs, "batch_size": batch_size, "device": "cpu", "progress": False,
                   "tensorboard": False},
     }
+    for section, values in PARADIGMS.get(method, {}).items():
+        if section == "models":
+            values = {n: {**m, "checkpoint": str(teacher)} if m["role"] == "frozen" else m for n, m in values.items()}
+        cfg[section] = {**cfg.get(section, {}), **values}
+        if section == "data":
+            cfg[section]["options"] = {**{"num_samples": 1000}, **values["options"]}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -87,7 +101,7 @@ def runs(tmp_path_factory, teacher_checkpoint):
     """For each method: two ranks at batch 32 and one process at batch 64, the same data and seed."""
     root = tmp_path_factory.mktemp("ddp")
     out = {}
-    for method in METHOD_PARAMS:
+    for method in [*METHOD_PARAMS, *PARADIGMS]:
         epochs = EPOCHS.get(method, 1)
         ddp = launch(write_config(root / f"{method}_ddp", teacher_checkpoint, method, 32, epochs),
                      root / f"{method}_ddp" / "out")
@@ -97,19 +111,25 @@ def runs(tmp_path_factory, teacher_checkpoint):
     return root, out
 
 
-@pytest.mark.parametrize("method", list(METHOD_PARAMS))
+@pytest.mark.parametrize("method", [*METHOD_PARAMS, *PARADIGMS])
 def test_ranks_hold_identical_state(runs, method):
     """After training, both ranks hold the same weights and the same objective state (banks, tables, RNG)."""
     ddp, _ = runs[1][method]
     assert_same(ddp[0]["model"], ddp[1]["model"], exact=True, what="student weights")
+    for name in ddp[0]["models"]:
+        assert_same(ddp[0]["models"][name], ddp[1]["models"][name], exact=True, what=f"{name} weights")
     assert_same(ddp[0]["objective"], ddp[1]["objective"], exact=True, what="objective state")
 
 
-@pytest.mark.parametrize("method", list(METHOD_PARAMS))
+@pytest.mark.parametrize("method", [*METHOD_PARAMS, *PARADIGMS])
 def test_two_processes_match_one_with_the_same_global_batch(runs, method):
     ddp, single = runs[1][method]
-    assert_same(ddp[0]["model"], single["model"], exact=False, what="student weights")
+    assert ddp[0]["models"].keys() == single["models"].keys()
+    for name in ddp[0]["models"]:  # every trained model: the student, and DML's peer
+        assert_same(ddp[0]["models"][name], single["models"][name], exact=False, what=f"{name} weights")
     assert_same(ddp[0]["objective"], single["objective"], exact=False, what="objective state")
+    if method in PARADIGMS and method.startswith("dml"):
+        assert abs(ddp[0]["summary"]["ensemble_top1"] - single["summary"]["ensemble_top1"]) <= 0.5
     # test accuracy is gathered over both ranks' halves of the test set: the same 200 samples
     assert abs(ddp[0]["summary"]["test_top1"] - single["summary"]["test_top1"]) <= 0.5
 

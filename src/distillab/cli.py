@@ -23,10 +23,29 @@ def _split(config: Optional[str], overrides: List[str], resume: Optional[Path]) 
     return config, overrides
 
 
+def _models_table(summary: dict) -> Table | None:
+    """Every model of a run with its test top-1 (and the ensemble's), when there is more than the student."""
+    models = summary.get("models") or {}
+    if len(models) < 2:
+        return None
+    table = Table(box=None, pad_edge=False)
+    for col in ("model", "role", "arch", "input", "test top-1"):
+        table.add_column(col, justify="right" if col == "test top-1" else "left")
+
+    def pct(v) -> str:
+        return f"{v:.2f}" if v is not None else "-"
+
+    for name, m in models.items():
+        table.add_row(name, m["role"], str(m["arch"]), m["input"], pct(m["test_top1"]))
+        if name == [n for n, x in models.items() if x["role"] == "trainable"][-1] and "ensemble_top1" in summary:
+            table.add_row("ensemble", "mean prob.", "-", "-", pct(summary["ensemble_top1"]))
+    return table
+
+
 def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], teacher_mode: bool,
-           store_result: bool = True) -> None:
+           store_result: bool = True, train_teachers: bool = False) -> None:
     from distillab.core.dist import DistInfo
-    from distillab.runner import find_config, load_run_config, run
+    from distillab.runner import find_config, load_run_config, run, train_missing_teachers
     from distillab.store import TeacherStore
 
     try:
@@ -40,6 +59,13 @@ def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], 
         if teacher_mode and (cfg.teacher is not None or cfg.models):
             raise ConfigError("train-teacher trains one model on labels alone: remove `teacher` and `models` from "
                               "the config (use `distillab distill` to train against a teacher or with peers)")
+        if train_teachers:
+            if DistInfo.from_env().enabled:
+                raise ConfigError("--train-teachers works in one process: train the teachers first (`distillab "
+                                  "train-teacher ...`, or `distillab distill CONFIG --train-teachers` without "
+                                  "torchrun), then start the torchrun")
+            for path in train_missing_teachers(cfg, console=console):
+                console.print(f"stored teacher: {path}")
         summary, run_dir = run(cfg, resume=resume, console=console, label="teacher" if teacher_mode else "distill")
         if not DistInfo.from_env().is_main:  # under torchrun, rank 0 stores and reports
             return
@@ -51,11 +77,9 @@ def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], 
     msg = f"[bold]done[/]: test top-1 {summary['test_top1']:.2f}% (last epoch), best {summary['best_top1']:.2f}% " \
           f"(epoch {summary['best_epoch']}); run folder {run_dir}"
     console.print(msg)
-    trained = {name: m for name, m in summary.get("models", {}).items() if m["role"] == "trainable"}
-    if len(trained) > 1:
-        for name, m in trained.items():
-            console.print(f"  {name:<12} {m['arch']:<14} test top-1 {m['test_top1']:.2f}%")
-        console.print(f"  {'ensemble':<12} {'(mean prob.)':<14} test top-1 {summary['ensemble_top1']:.2f}%")
+    table = _models_table(summary)
+    if table is not None:
+        console.print(table)
 
 
 @app.command("train-teacher")
@@ -74,11 +98,14 @@ def distill(
     config: Optional[str] = typer.Argument(None, help="YAML config (e.g. configs/mnist1d/kd.yaml)"),
     overrides: List[str] = typer.Argument(None, help="dotted overrides, e.g. method.weights.kd=1 seed=3"),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted run folder"),
+    train_teachers: bool = typer.Option(False, "--train-teachers",
+                                        help="first train (and store) every teacher the config finds by its training "
+                                             "config that the store does not hold yet"),
 ) -> None:
-    """Train a student with a distillation method (or labels only, method ce).
+    """Train a student with a distillation method (or labels only, method ce), or several models together.
 
     Several processes: `torchrun --nproc_per_node N -m distillab distill CONFIG ...` (docs/scale.md)."""
-    _train(config, overrides or [], resume, teacher_mode=False)
+    _train(config, overrides or [], resume, teacher_mode=False, train_teachers=train_teachers)
 
 
 @app.command("eval")

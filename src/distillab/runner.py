@@ -66,6 +66,24 @@ def build_models(plan: RunPlan, data: DataBundle, store: TeacherStore) -> ModelS
                               m.config.weight_decay) for m in plan.models])
 
 
+def train_missing_teachers(cfg: RunConfig, console=None) -> list[Path]:
+    """Train and store every frozen model the run finds in the store by its training config and the store
+    does not hold yet (one ordinary teacher run each, in its own run folder); the stored paths."""
+    plan = check_plan(cfg)
+    store = TeacherStore(cfg.store)  # where this run will look them up
+    stored = []
+    for m in plan.models:
+        if m.source != "store":
+            continue
+        if store.find(m.teacher_config) is not None:
+            continue
+        if console is not None:
+            console.print(f"{m.section}: training {m.config.config} {' '.join(m.config.overrides)}".rstrip())
+        summary, folder = run(m.teacher_config, console=console, label=m.name)
+        stored.append(store.put(m.teacher_config, folder / "model.pt", summary))
+    return stored
+
+
 def default_name(cfg: RunConfig) -> str:
     return f"{cfg.method.name}-{cfg.student.arch}-{cfg.data.name}-s{cfg.seed}"
 
