@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from distillab.bench.aggregate import CELL_FIELDS, RUN_FIELDS, Cell, RunRow, aggregate, read_run, write_csv
+from distillab.bench.aggregate import CELL_FIELDS, RUN_FIELDS, Cell, RunRow, aggregate, read_runs, write_csv
 from distillab.bench.execute import DONE, FAILED, NEW, PARTIAL, Outcome, execute_grid, run_state
 from distillab.bench.report import write_report
 from distillab.bench.suite import RunSpec, Suite, TeacherJob, available_suites, load_suite
@@ -25,9 +25,9 @@ def teacher_accuracy(suite: Suite, runs: list[RunSpec], rows: list[RunRow],
         if r.teacher_top1 is not None and out.get(r.pair) is None:
             out[r.pair] = r.teacher_top1
     for pair in suite.spec.pairs:
-        if out.get(pair.name) is None and pair.teacher in teachers:
+        if out.get(pair.name) is None and suite.teacher_key(pair) in teachers:
             try:
-                cfg = teachers[pair.teacher].load()
+                cfg = teachers[suite.teacher_key(pair)].load()
                 found = TeacherStore(cfg.store).find(cfg)
                 if found is not None:
                     out[pair.name] = json.loads((found.parent / "summary.json").read_text()).get("test_top1")
@@ -41,7 +41,7 @@ def collect(suite: Suite, runs: list[RunSpec], out: Path, teachers: dict[str, Te
     """Read every run folder of the grid; write runs.csv, results.csv and the report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [read_run(spec) for spec in runs]
+    rows = [row for spec in runs for row in read_runs(spec)]
     reference = {(p.name, m): v for p in suite.spec.pairs for m, v in p.reference.items()}
     cells = aggregate(rows, reference)
     write_csv(out / "runs.csv", rows, RUN_FIELDS)

@@ -36,6 +36,7 @@ class RunRow:
     train_time_s: float | None = None
     folder: str = ""
     error: str = ""
+    column: str = "test/top1"  # the metrics.csv column behind last_top1 (another model's, in a run of several)
 
 
 @dataclass
@@ -56,8 +57,26 @@ class Cell:
     last_values: list[float] = field(default_factory=list)
 
 
+def read_runs(spec: RunSpec) -> list[RunRow]:
+    """The rows of one run of the grid: its student's, and in a run of several trained models (mutual
+    learning) one more per other model (``<label>:<model>``) and their ensemble (``<label>:ensemble``),
+    all at the last epoch."""
+    row = read_run(spec)
+    if row.status != "done":
+        return [row]
+    s = json.loads((spec.folder / "summary.json").read_text())
+    trained = [n for n, m in (s.get("models") or {}).items() if m["role"] == "trainable" and n != "student"]
+    if not trained:
+        return [row]
+    extra = [(n, s["models"][n]["test_top1"], f"test/{n}/top1") for n in trained]
+    extra.append(("ensemble", s.get("ensemble_top1"), "test/ensemble/top1"))
+    return [row] + [RunRow(spec.pair, f"{spec.label}:{name}", spec.seed, "done", last_top1=top1,
+                           teacher_top1=row.teacher_top1, train_time_s=row.train_time_s, folder=row.folder,
+                           column=column) for name, top1, column in extra]
+
+
 def read_run(spec: RunSpec) -> RunRow:
-    """The state and numbers of one run of the grid, read from its folder."""
+    """The state and numbers of one run of the grid (its student's), read from its folder."""
     row = RunRow(spec.pair, spec.label, spec.seed, "missing", folder=str(spec.folder))
     state = run_state(spec.folder)
     error_file = spec.folder / "error.txt"

@@ -98,9 +98,9 @@ def _print_grid(suite, runs, teachers, out: Path, console: Console, commands: bo
             table.add_row(label, _display(specs[0].config), ",".join(str(s.seed) for s in specs),
                           " ".join(f"{k} {v}" for k, v in sorted(states.items())))
         console.print(table)
-    for config, job in teachers.items():
-        console.print(f"teacher: distillab train-teacher {config} {' '.join(shlex.quote(o) for o in job.overrides)}",
-                      soft_wrap=True)
+    for job in teachers.values():
+        console.print(f"teacher: distillab train-teacher {job.config} {' '.join(shlex.quote(o) for o in job.overrides)}",
+                      soft_wrap=True, markup=False, highlight=False)
     if commands:
         for spec in runs:
             console.print(spec.command(), soft_wrap=True, markup=False, highlight=False)

@@ -95,8 +95,10 @@ def plot_bars(cells: list[Cell], path: Path, title: str, teacher: float | None, 
     return path
 
 
-def plot_curves(cells: list[Cell], folders: dict[str, list[str]], path: Path, title: str) -> Path:
-    """Small multiples: each method's mean test curve (band: std over seeds) against the baseline's."""
+def plot_curves(cells: list[Cell], folders: dict[str, list[str]], path: Path, title: str,
+                columns: dict[str, str] | None = None) -> Path:
+    """Small multiples: each method's mean test curve (band: std over seeds) against the baseline's;
+    ``columns``: the metrics column of a row whose curve is not ``test/top1`` (another model of a run)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +112,7 @@ def plot_curves(cells: list[Cell], folders: dict[str, list[str]], path: Path, ti
     for ax in axes.flat[len(methods):]:
         ax.set_visible(False)
     for ax, method in zip(axes.flat, methods):
-        epochs, mean, std = mean_curve(folders.get(method, []))
+        epochs, mean, std = mean_curve(folders.get(method, []), (columns or {}).get(method, "test/top1"))
         if base is not None and base[0] and method != BASELINE:
             ax.plot(base[0], base[1], color="#888888", lw=1, ls="--")
         if epochs:
@@ -188,12 +190,14 @@ def write_report(out: Path, suite, cells: list[Cell], runs: list[RunRow], teache
         spec = suite.pair(pair)
         teacher = teachers.get(pair)
         folders: dict[str, list[str]] = {}
+        columns: dict[str, str] = {}
         for r in runs:
             if r.pair == pair and r.status == "done":
                 folders.setdefault(r.method, []).append(r.folder)
+                columns[r.method] = r.column
         title = f"{pair} (teacher {_num(teacher)}%)"
         bars = plot_bars(pcells, folder / f"bars_{pair}.png", title, teacher, metric)
-        curves = plot_curves(pcells, folders, folder / f"curves_{pair}.png", pair)
+        curves = plot_curves(pcells, folders, folder / f"curves_{pair}.png", pair, columns)
         figures[f"bars_{pair}"], figures[f"curves_{pair}"] = bars, curves
         ref_teacher = spec.reference.get("teacher")
         head_line = (f"Teacher `{spec.teacher}`: {_num(teacher)}%" + (f" (published {ref_teacher:.2f})" if ref_teacher

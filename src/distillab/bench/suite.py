@@ -9,6 +9,7 @@ A suite is a YAML file (the shipped ones live in ``configs/suites/``)::
     pairs:
       - name: cnn1d_w32-cnn1d_w6
         teacher: mnist1d/teacher_cnn1d.yaml       # trained once (its own seed), then found in the store
+        teacher_overrides: [model.options.width=24]   # what the pair's teacher is trained with, besides the suite's
         student: {arch: cnn1d, options: {width: 6}}
         config: [mnist1d/{method}.yaml]           # templates tried in order; {method} {teacher} {student}
         configs: {ce: mnist1d/ce.yaml}            # per-method config, instead of the templates
@@ -48,6 +49,7 @@ class _Strict(BaseModel):
 class PairSpec(_Strict):
     name: str
     teacher: str | None = None  # a train-teacher config; None for a labels-only pair
+    teacher_overrides: list[str] = Field(default_factory=list)  # overrides the pair's teacher is trained with
     student: dict[str, Any]  # {arch: ..., options: {...}}
     config: list[str] = Field(default_factory=list)  # config path templates, first existing wins
     configs: dict[str, str] = Field(default_factory=dict)  # label -> config path template
@@ -160,14 +162,22 @@ class Suite:
     spec: SuiteSpec
     path: Path
 
+    @staticmethod
+    def teacher_key(pair: PairSpec) -> str | None:
+        """The key of a pair's teacher among the grid's teacher jobs: its config (and its own overrides)."""
+        if not pair.teacher:
+            return None
+        return pair.teacher if not pair.teacher_overrides else f"{pair.teacher} {json.dumps(pair.teacher_overrides)}"
+
     def teacher_jobs(self, out: Path, extra: list[str]) -> dict[str, TeacherJob]:
-        """One job per distinct teacher config (several pairs may share a teacher)."""
+        """One job per distinct teacher (several pairs may share a teacher)."""
         jobs: dict[str, TeacherJob] = {}
         for pair in self.spec.pairs:
-            if pair.teacher and pair.teacher not in jobs:
-                stem = Path(pair.teacher).stem
-                jobs[pair.teacher] = TeacherJob(pair.teacher, [*self.spec.overrides, *extra],
-                                                out / "teachers" / stem)
+            key = self.teacher_key(pair)
+            if key and key not in jobs:
+                digest = hashlib.sha1(key.encode()).hexdigest()[:8] if pair.teacher_overrides else ""
+                jobs[key] = TeacherJob(pair.teacher, [*self.spec.overrides, *extra, *pair.teacher_overrides],
+                                       out / "teachers" / "-".join(filter(None, [Path(pair.teacher).stem, digest])))
         return jobs
 
     def methods_of(self, pair: PairSpec) -> list[tuple[str, str | None]]:
@@ -203,7 +213,7 @@ class Suite:
         for pair in self.spec.pairs:
             if pairs and pair.name not in pairs:
                 continue
-            teacher = teachers.get(pair.teacher) if pair.teacher else None
+            teacher = teachers.get(self.teacher_key(pair)) if pair.teacher else None
             fields = {"teacher": Path(pair.teacher).stem.removeprefix("teacher_") if pair.teacher else "",
                       "student": pair.student["arch"]}
             for label, template in self.methods_of(pair):
