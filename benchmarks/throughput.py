@@ -64,7 +64,8 @@ from torch.utils.data import DataLoader, Dataset
 from distillab.config import ConfigError, RunConfig, TrainConfig, load_config
 from distillab.data import DataBundle, build_dataset
 from distillab.engine.loader import epoch_generator
-from distillab.engine.trainer import Trainer, resolve_device, seed_everything
+from distillab.engine.device import resolve_device, seed_everything
+from distillab.engine.trainer import Trainer
 from distillab.features import FeatureTaps, probe_shapes, resolve_feature
 from distillab.losses import Batch, LossTerm, ModelOutputs, SetupContext
 from distillab.losses.contrastive import CRD

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distillab.config import load_config
-from distillab.engine.trainer import Trainer
+from distillab.engine.frozen import FrozenModels
 from distillab.models import create_model
 from distillab.plots import read_metrics
 from distillab.runner import run
@@ -37,16 +37,16 @@ def _cfg(tmp_path, teacher, *overrides, method="kd", epochs=3):
 def _count_teacher_rows(monkeypatch) -> list[int]:
     """Patch Trainer so every teacher forward in training records its batch size."""
     rows: list[int] = []
-    original = Trainer._frozen_outputs
+    original = FrozenModels.outputs
 
     def counting(self, fields, idx, keys, taps):
-        handle = self.teacher.register_forward_hook(lambda _m, inp, _o: rows.append(len(inp[0])))
+        handle = self.models[0].module.register_forward_hook(lambda _m, inp, _o: rows.append(len(inp[0])))
         try:
             return original(self, fields, idx, keys, taps)
         finally:
             handle.remove()
 
-    monkeypatch.setattr(Trainer, "_frozen_outputs", counting)
+    monkeypatch.setattr(FrozenModels, "outputs", counting)
     return rows
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from distillab.cli import app
 from distillab.config import load_config
 from distillab.core.files import load_checkpoint
+from distillab.engine.frozen import FrozenModels
 from distillab.engine.trainer import Trainer
 from distillab.models import create_model, load_model
 from distillab.plots import read_metrics
@@ -130,18 +131,18 @@ def test_sequential_step_moves_each_peers_batchnorm_once_per_batch(tmp_path, tea
 
 def test_every_teacher_runs_once_per_batch(tmp_path, teachers, monkeypatch):
     calls: dict[int, list[int]] = {}
-    original = Trainer._frozen_outputs
+    original = FrozenModels.outputs
 
     def counting(self, fields, idx, keys, taps):
         handles = [m.module.register_forward_hook(lambda mod, inp, _o: calls.setdefault(id(mod), []).append(len(inp[0])))
-                   for m in self.models.frozen]
+                   for m in self.models]
         try:
             return original(self, fields, idx, keys, taps)
         finally:
             for h in handles:
                 h.remove()
 
-    monkeypatch.setattr(Trainer, "_frozen_outputs", counting)
+    monkeypatch.setattr(FrozenModels, "outputs", counting)
     run(_cfg(tmp_path, "mtkd", teachers, "name=plain", epochs=2))
     assert len(calls) == 3 and all(sum(v) == 2 * 240 for v in calls.values())  # each teacher: every sample, once
     calls.clear()

@@ -57,7 +57,7 @@ class Objective(nn.Module):
             except ValueError as exc:
                 raise ConfigError(f"method term {name!r}: {exc}") from None
         if getattr(self.schedule, "needs_teacher", False) and "teacher" not in models:
-            raise ConfigError(f"the data schedule of this method ranks samples with the teacher: set `teacher` "
+            raise ConfigError("the data schedule of this method ranks samples with the teacher: set `teacher` "
                               "in the config (teacher.config or teacher.checkpoint)")
 
     def reads(self) -> dict[str, list[str]]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from distillab.config import ConfigError, ModelConfig, NamedModelConfig, RunConfig, TeacherConfig, load_config
+from distillab.config import ConfigError, ModelConfig, RunConfig, TeacherConfig, load_config
 from distillab.core.contract import FROZEN, MAIN_INPUT, TRAINABLE
 from distillab.core.files import load_checkpoint
 from distillab.objective import Objective, build_objective

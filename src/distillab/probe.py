@@ -148,7 +148,7 @@ def run_probe(checkpoint: str | Path, data: str, *, root: str | None = None, dat
     """
     from distillab.data import build_dataset
     from distillab.core.files import write_json_atomic
-    from distillab.engine.trainer import resolve_device
+    from distillab.engine.device import resolve_device
     from distillab.features import resolve_feature
 
     report = report or (lambda msg: None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 
 def create_run_dir(out_dir: str | Path, name: str) -> Path:

@@ -19,7 +19,10 @@ from __future__ import annotations
 from typing import Callable, Protocol, Sequence
 
 import torch
+from torch import nn
 
+from distillab.core.contract import MAIN_INPUT, Batch, ModelOutputs
+from distillab.engine.models import ModelSet, frozen_batchnorm_stats
 from distillab.registry import Registry
 
 STEPS: Registry = Registry("training step")
@@ -55,3 +58,40 @@ def sequential(run: StepRunner) -> StepResult:
 
 
 Step = Callable[[StepRunner], StepResult]
+
+
+class BatchRunner:
+    """The :class:`StepRunner` of one batch. ``forward`` runs the trainable models (those without gradients
+    this time first, under no_grad and without moving their BatchNorm statistics) through ``step_module``
+    (the DDP-wrapped :class:`~distillab.engine.models.TrainableStep`) and the objective on the batch with
+    every model's outputs (the frozen ones' given as ``frozen``); ``update`` steps ``optimizer``."""
+
+    def __init__(self, *, models: ModelSet, objective: nn.Module, step_module: nn.Module, autocast: Callable,
+                 optimizer: torch.optim.Optimizer, fields: dict[str, torch.Tensor], labels: torch.Tensor,
+                 index: torch.Tensor, frozen: dict[str, ModelOutputs], taps: dict, epoch: int) -> None:
+        self.models, self.objective, self.step_module = models, objective, step_module
+        self.autocast, self.optimizer = autocast, optimizer
+        self.fields, self.labels, self.index, self.frozen, self.taps, self.epoch = fields, labels, index, frozen, taps, epoch
+        self.trainable = [m.name for m in models.trainable]
+
+    def forward(self, grad: Sequence[str]) -> StepResult:
+        with self.autocast():
+            targets = {}
+            for m in self.models.trainable:
+                if m.name not in grad:
+                    with torch.no_grad(), frozen_batchnorm_stats(m.module):
+                        targets[m.name] = ModelOutputs(m.module(self.fields[m.input]), self.taps[m.name].pop())
+            inputs = {m.name: self.fields[m.input] for m in self.models.trainable if m.name in grad}
+            return self.step_module(inputs, lambda logits: self._objective(targets, logits))
+
+    def _objective(self, targets: dict[str, ModelOutputs], logits: dict[str, torch.Tensor]) -> StepResult:
+        outputs = {**self.frozen, **targets, **{n: ModelOutputs(v, self.taps[n].pop()) for n, v in logits.items()}}
+        batch = Batch(self.fields[MAIN_INPUT], self.labels, self.index, outputs["student"], outputs.get("teacher"),
+                      self.epoch, self.objective.stage, outputs, self.fields)
+        total, logs = self.objective(batch)
+        return total, logs, {n: outputs[n].logits for n in self.trainable}
+
+    def update(self, total: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()

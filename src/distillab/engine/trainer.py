@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,23 +21,25 @@ import torch
 from torch import nn
 
 from distillab.config import RunConfig
-from distillab.core import dist as comm
-from distillab.core.contract import INDEX, LABEL, MAIN_INPUT, TRAINABLE
+from distillab.core.contract import INDEX, LABEL
 from distillab.core.dist import DistInfo
 from distillab.core.files import load_checkpoint, save_atomic
 from distillab.data.augment import AugmentPlan
 from distillab.data.base import DataBundle
 from distillab.engine.batches import BatchPreparer
-from distillab.engine.device import autocast, resolve_device, rng_state, seed_everything, set_rng_state  # noqa: F401
+from distillab.engine.device import autocast, resolve_device, rng_state, set_rng_state
 from distillab.engine.evaluation import ENSEMBLE, evaluate_models, extract_features
 from distillab.engine.loader import BatchLoader, epoch_generator
 from distillab.engine.logger import MetricsLogger, read_metrics
-from distillab.engine.models import ModelSet, RunModel, TrainableStep, frozen_batchnorm_stats
+from distillab.engine.epoch_state import EpochState
+from distillab.engine.frozen import FrozenModels, build_cache
+from distillab.engine.models import ModelSet, RunModel, TrainableStep
 from distillab.engine.schedule import build_optimizer, build_scheduler
-from distillab.engine.steps import STEPS, StepResult
+from distillab.engine.stages import stage_parameters
+from distillab.engine.steps import STEPS, BatchRunner
 from distillab.engine.teacher_cache import TeacherCache
 from distillab.features import FeatureTaps
-from distillab.losses import Batch, EpochContext, ModelOutputs, SetupContext
+from distillab.losses import EpochContext, SetupContext
 from distillab.methods import StageSpec
 from distillab.objective import Objective
 
@@ -47,49 +48,6 @@ CHECKPOINT_FORMAT = "distillab-checkpoint-v1"
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the terms and suggests fixes."""
-
-
-@dataclass
-class EpochState:
-    """Running sums for one epoch, kept as tensors on the device (no host sync per step).
-
-    ``correct`` holds each trainable model's correct predictions by name (the student's is train/top1)."""
-
-    samples: int = 0
-    correct: dict[str, torch.Tensor] = field(default_factory=dict)
-    sums: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def add(self, n: int, correct: dict[str, torch.Tensor], total: torch.Tensor, logs: dict[str, torch.Tensor]) -> None:
-        self.samples += n
-        for name, c in correct.items():
-            self.correct[name] = c if name not in self.correct else self.correct[name] + c
-        for key, value in (("loss", total.detach()), *logs.items()):
-            v = value.float() * n
-            self.sums[key] = v if key not in self.sums else self.sums[key] + v
-
-    def means(self) -> dict[str, float]:
-        n = max(self.samples, 1)
-        out = {f"train/{k}": float(v) / n for k, v in self.sums.items()}
-        out["train/top1"] = 100.0 * float(self.correct.get("student", 0)) / n
-        if len(self.correct) > 1:
-            out.update({f"train/{name}/top1": 100.0 * float(c) / n for name, c in self.correct.items()})
-        return out
-
-    def non_finite(self) -> list[str]:
-        return [k for k, v in self.sums.items() if not torch.isfinite(v).all()]
-
-    def reduce(self) -> None:
-        """Sum the counts and sums over ranks (one collective), so every rank holds the global epoch."""
-        if not comm.is_distributed() or not self.correct:
-            return
-        names, keys = list(self.correct), sorted(self.sums)
-        device = next(iter(self.correct.values())).device
-        flat = torch.stack([torch.tensor(float(self.samples), device=device),
-                            *(self.correct[n].float() for n in names), *(self.sums[k].float() for k in keys)])
-        comm.all_reduce_(flat)
-        self.samples = int(flat[0].item())
-        self.correct = {n: flat[1 + i] for i, n in enumerate(names)}
-        self.sums = {k: flat[1 + len(names) + i] for i, k in enumerate(keys)}
 
 
 def _no_forward_buffer_sync() -> dict:
@@ -133,7 +91,6 @@ class Trainer:
         memory_format = torch.channels_last if t.channels_last and len(data.input_shape) == 3 else None
         self.models.prepare(self.device, memory_format, sync_bn=dist.enabled and t.sync_bn)
         self.models.resolve_taps(objective.reads())
-        self.step_readers = [m for m in self.models if m.name in objective.reads()]  # run at every step
         shapes = self.models.probe(data.field_shape, self.device)
         objective.setup(SetupContext(
             num_classes=data.num_classes, num_train=len(data.train), student_shapes=shapes["student"],
@@ -163,10 +120,14 @@ class Trainer:
         self.test_loader = BatchLoader(data.test, t.eval_batch_size, shuffle=False, shard="split", **loader_args)
         self.augment = AugmentPlan(data.augment if cfg.data.augment else None, len(data.train),
                                    variants=cfg.data.augment_variants, seed=cfg.seed, device=self.device)
-        cached = [m for m in self.step_readers if not m.trainable] if t.teacher_cache else []
+        readers = [m for m in self.models.frozen if m.name in objective.reads()]  # run at every step
+        cached = readers if t.teacher_cache else []
         self.batches = BatchPreparer(data, self.augment, {m.input for m in self.models}, keys=bool(cached),
                                      memory_format=memory_format)
-        self.caches = {m.name: self._build_teacher_cache(m, shapes[m.name]) for m in cached}
+        self.frozen = FrozenModels(readers, {m.name: build_cache(
+            m, shapes[m.name], num_samples=len(data.train), key_space=self.augment.key_space,
+            num_classes=data.num_classes, dtype=t.teacher_cache_dtype, device=self.device,
+            max_gb=t.teacher_cache_max_gb, method=cfg.method.name) for m in cached})
         self.optimizer = build_optimizer(self.models.parameter_groups(list(self.objective.parameters())), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.epochs)
         self.epoch = 0  # completed epochs of the main stage
@@ -198,6 +159,10 @@ class Trainer:
     @property
     def teacher_top1(self) -> float | None:
         return self.frozen_top1.get("teacher")
+
+    @property
+    def caches(self) -> dict[str, TeacherCache]:
+        return self.frozen.caches
 
     @property
     def teacher_cache(self) -> TeacherCache | None:
@@ -257,84 +222,8 @@ class Trainer:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
         self.report(f"resumed from {path} after epoch {self.epoch}")
 
-    # ------------------------------------------------------------------ one batch
-
     def autocast(self):
         return autocast(self.device, self.cfg.train.bf16)
-
-    def _build_teacher_cache(self, model: RunModel, shapes: dict[str, torch.Size]) -> TeacherCache:
-        """The teacher-output cache (``train.teacher_cache``) of one frozen model: logits and pooled
-        features only. ``shapes``: its features' probed shapes; the logits have one column per class."""
-        maps = sorted(n for n, shape in shapes.items() if len(shape) > 2)
-        if maps:
-            raise ValueError(
-                f"train.teacher_cache stores teacher logits and pooled feature vectors, but method "
-                f"{self.cfg.method.name!r} reads feature maps of {model.name!r} ({', '.join(maps)}): turn the "
-                "cache off")
-        dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-        return TeacherCache(len(self.data.train), self.augment.key_space, self.data.num_classes,
-                            {n: tuple(shape[1:]) for n, shape in shapes.items()},
-                            dtype=dtypes[self.cfg.train.teacher_cache_dtype], device=self.device,
-                            max_bytes=int(self.cfg.train.teacher_cache_max_gb * 2**30))
-
-    def _frozen_outputs(self, fields: dict[str, torch.Tensor], idx: torch.Tensor, keys: torch.Tensor | None,
-                        taps: dict[str, FeatureTaps]) -> dict[str, ModelOutputs]:
-        """Outputs of the frozen models read at every step (from their caches where there are)."""
-        out = {}
-        for m in self.step_readers:
-            if m.trainable:
-                continue
-            x = fields[m.input]
-
-            def forward(rows: torch.Tensor | None = None, m: RunModel = m, x: torch.Tensor = x):
-                logits = m.module(x if rows is None else x[rows])
-                return logits, taps[m.name].pop()
-
-            with torch.no_grad():
-                cache = self.caches.get(m.name)
-                if cache is None:
-                    out[m.name] = ModelOutputs(*forward())
-                    continue
-                if keys is None:
-                    raise ValueError("train.teacher_cache needs an augmentation with keyed parameters "
-                                     "(RandomCropFlip, RandomShift1D) or data.augment=false")
-                out[m.name] = ModelOutputs(*cache.fetch(cache.keys(idx, keys), forward))
-        return out
-
-    def _step_runner(self, fields: dict[str, torch.Tensor], raw: dict[str, torch.Tensor],
-                     frozen: dict[str, ModelOutputs], taps: dict[str, FeatureTaps], epoch: int,
-                     optimizer: torch.optim.Optimizer):
-        """A :class:`~distillab.engine.steps.StepRunner` bound to one batch."""
-        trainer = self
-
-        class Runner:
-            trainable = [m.name for m in trainer.models.trainable]
-
-            def forward(self, grad: Sequence[str]) -> StepResult:
-                with trainer.autocast():
-                    targets = {}
-                    for m in trainer.models.trainable:  # models without gradients this time: constant targets
-                        if m.name not in grad:
-                            with torch.no_grad(), frozen_batchnorm_stats(m.module):
-                                targets[m.name] = ModelOutputs(m.module(fields[m.input]), taps[m.name].pop())
-
-                    def finish(logits: dict[str, torch.Tensor]) -> tuple:
-                        outputs = {**frozen, **targets,
-                                   **{n: ModelOutputs(v, taps[n].pop()) for n, v in logits.items()}}
-                        batch = Batch(fields[MAIN_INPUT], raw[LABEL], raw[INDEX], outputs["student"],
-                                      outputs.get("teacher"), epoch, trainer.objective.stage, outputs, fields)
-                        total, logs = trainer.objective(batch)
-                        return total, logs, {n: o.logits for n, o in outputs.items() if n in Runner.trainable}
-
-                    inputs = {m.name: fields[m.input] for m in trainer.models.trainable if m.name in grad}
-                    return trainer.step_module(inputs, finish)
-
-            def update(self, total: torch.Tensor) -> None:
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-
-        return Runner()
 
     # ------------------------------------------------------------------ loop
 
@@ -358,8 +247,11 @@ class Trainer:
                     scheduler.set(epoch - 1 + (step - 1) / steps)
                 fields, keys = self.batches.train(raw, aug_gen)
                 with self.autocast():
-                    frozen = self._frozen_outputs(fields, raw[INDEX], keys, taps)
-                total, logs, logits = self.step_fn(self._step_runner(fields, raw, frozen, taps, epoch, optimizer))
+                    frozen = self.frozen.outputs(fields, raw[INDEX], keys, taps)
+                total, logs, logits = self.step_fn(BatchRunner(
+                    models=self.models, objective=self.objective, step_module=self.step_module, autocast=self.autocast,
+                    optimizer=optimizer, fields=fields, labels=raw[LABEL], index=raw[INDEX], frozen=frozen, taps=taps,
+                    epoch=epoch))
                 y = raw[LABEL]
                 state.add(len(y), {n: (v.detach().argmax(1) == y).sum() for n, v in logits.items()}, total, logs)
                 if progress is not None:
@@ -375,36 +267,13 @@ class Trainer:
                 "weights, or turn off train.bf16; the last good checkpoint is kept in the run folder")
         return state
 
-    def stage_parameters(self, stage: StageSpec) -> list[nn.Parameter]:
-        """The parameters a stage trains (see :class:`~distillab.methods.StageSpec`): a trainable model by
-        name, its body (``<name>_body``: all but its classifier head), a term, or ``term.submodule``."""
-        params: list[nn.Parameter] = []
-        for what in stage.train:
-            name = what.removesuffix("_body")
-            if name in self.models and self.models[name].trainable:
-                module = self.models[name].module
-                head = getattr(module, "head", None)
-                params += [p for n, p in module.named_parameters()
-                           if what == name or head is None or not (n == head or n.startswith(head + "."))]
-                continue
-            term, _, sub = what.partition(".")
-            if term not in self.objective.terms:
-                raise ValueError(f"stage {stage.name!r} trains {what!r}, which is neither a trainable model "
-                                 f"({', '.join(m.name for m in self.models.trainable)}) nor a term of the objective")
-            module = self.objective.terms[term]
-            params += list(module.get_submodule(sub).parameters() if sub else module.parameters())
-        unique = list({id(p): p for p in params}.values())
-        if not unique:
-            raise ValueError(f"stage {stage.name!r} has nothing to train ({stage.train})")
-        return unique
-
     def run_stage(self, stage: StageSpec) -> None:
         """Run a pre-training stage to its end (resuming inside it if a checkpoint stopped there)."""
         done = self.stage_done.get(stage.name, 0)
         if done >= stage.epochs:
             return
         cfg = self.cfg.optim.model_copy(update={"lr": stage.lr if stage.lr is not None else self.cfg.optim.lr})
-        optimizer = build_optimizer(self.stage_parameters(stage), cfg)
+        optimizer = build_optimizer(stage_parameters(self.models, self.objective, stage), cfg)
         if done and self._stage_optimizer_state is not None:
             optimizer.load_state_dict(self._stage_optimizer_state)
         logger = None

@@ -122,7 +122,7 @@ def run_rdx(model_a: str | Path, model_b: str | Path, *, data: str | None = None
     """
     from distillab.data import build_dataset, dataset_options
     from distillab.core.files import write_json_atomic
-    from distillab.engine.trainer import resolve_device
+    from distillab.engine.device import resolve_device
 
     report = report or (lambda msg: None)
     if k < 1:
