@@ -200,8 +200,9 @@ def write_report(out: Path, suite, cells: list[Cell], runs: list[RunRow], teache
         curves = plot_curves(pcells, folders, folder / f"curves_{pair}.png", pair, columns)
         figures[f"bars_{pair}"], figures[f"curves_{pair}"] = bars, curves
         ref_teacher = spec.reference.get("teacher")
-        head_line = (f"Teacher `{spec.teacher}`: {_num(teacher)}%" + (f" (published {ref_teacher:.2f})" if ref_teacher
-                     else "") + f"; student `{spec.student['arch']}` {spec.student['options'] or ''}".rstrip())
+        head_line = ((f"Teacher `{spec.teacher}`: {_num(teacher)}%" + (f" (published {ref_teacher:.2f})" if ref_teacher
+                      else "")) if spec.teacher else "No teacher (labels only)") + \
+            f"; student `{spec.student['arch']}` {spec.student['options'] or ''}".rstrip()
         rows = table_rows(pcells, metric)
         md += [f"## {pair}", "", head_line + ("  " + spec.note if spec.note else ""), "", _md_table(TABLE_HEAD, rows),
                "", f"![bar chart]({bars.name})", "", f"![learning curves]({curves.name})", ""]
