@@ -165,3 +165,21 @@ def test_privileged_teacher_reads_its_view_and_is_evaluated_on_it(tmp_path, teac
     assert summary["teacher_top1"] == pytest.approx(100.0 * float((logits.argmax(1) == data.test.labels).float().mean()))
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["models"]["student"]["input"] == "input"
+
+
+def test_checkpoint_of_the_one_student_engine_still_resumes(tmp_path, teachers):
+    """A checkpoint written before runs held several models (no `models`, no `frozen_top1`) resumes to the
+    same weights as an uninterrupted run."""
+    extra = ["optim.schedule=constant", "method.name=kd", f"teacher.checkpoint={teachers['t32']}"]
+    full_cfg = load_config(find_config("configs/mnist1d/kd.yaml"), tiny_overrides(tmp_path / "runs", epochs=3) + extra)
+    _, full_dir = run(full_cfg.model_copy(update={"name": "full"}))
+    _, cut_dir = run(load_config(find_config("configs/mnist1d/kd.yaml"),
+                                 tiny_overrides(tmp_path / "runs", epochs=2) + extra + ["name=old"]))
+    path = cut_dir / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    for key in ("models", "frozen_top1"):
+        state.pop(key)
+    torch.save(state, path)
+    run(load_config(cut_dir / "config.yaml", ["train.epochs=3"]), resume=cut_dir)
+    a, b = torch.load(full_dir / "model.pt")["model"], torch.load(cut_dir / "model.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -83,7 +83,7 @@ class ConvReg(nn.Module):
             raise ValueError(
                 f"ConvReg: cannot map a student map of size {s_size} onto a teacher map of size {t_size}: the "
                 "regressor handles a student map of the same size, twice or half the teacher's, or larger "
-                "along every axis; choose another stage (e.g. method.params.hint.hint_layer)")
+                "along every axis; choose another stage (e.g. method.params.hint.feature=stage1)")
         self.bn = batch_norm(dims, t_c)
         self.relu = nn.ReLU() if use_relu else nn.Identity()
 
