@@ -10,7 +10,7 @@ Typical use around a refactor (the "before" tree is a checkout of the commit bef
 
     git worktree add /tmp/before HEAD
     python benchmarks/contract_check.py record --src /tmp/before/src --out docs/results/contract_before.json
-    python benchmarks/contract_check.py record --out docs/results/contract_after.json
+    python benchmarks/contract_check.py record --like docs/results/contract_before.json --out docs/results/contract_after.json
     python benchmarks/contract_check.py compare docs/results/contract_before.json docs/results/contract_after.json
 
 Results are equal only on the same machine and thread count; the record holds both.
@@ -88,7 +88,10 @@ def record(args: argparse.Namespace) -> None:
     if _cli(["train-teacher", f"configs/mnist1d/{TEACHER}", *common, "name=teacher"], env, work / "teacher.log"):
         sys.exit(f"teacher training failed: see {work / 'teacher.log'}")
     results: dict[str, dict] = {"teacher": read_record(out / "teacher")}
-    names = [n for n in run_configs() if not args.only or n.removesuffix(".yaml") in args.only.split(",")]
+    only = args.only.split(",") if args.only else None
+    if args.like:  # exactly the configs of an earlier record
+        only = [n for n in json.loads(Path(args.like).read_text())["runs"] if n != "teacher"]
+    names = [n for n in run_configs() if only is None or n.removesuffix(".yaml") in only]
 
     def one(name: str) -> tuple[str, dict]:
         stem = name.removesuffix(".yaml")
@@ -138,6 +141,7 @@ def main() -> None:
     rec.add_argument("--src", default=None, help="source folder holding the distillab package to run")
     rec.add_argument("--workers", type=int, default=2)
     rec.add_argument("--only", default=None, help="comma-separated config names (default: all)")
+    rec.add_argument("--like", default=None, help="run exactly the configs of this earlier record")
     rec.set_defaults(func=record)
     cmp_ = sub.add_parser("compare", help="compare two records; exit 1 when any config differs")
     cmp_.add_argument("before")
