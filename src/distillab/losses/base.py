@@ -53,6 +53,16 @@ class LossTerm(nn.Module):
         The default checks that the models this term reads in its roles exist: the student must be
         trainable, the teacher (if the term needs one) may be either. A ValueError names the fix.
         """
+        self.check_student(models)
+        if self.needs_teacher and self.roles["teacher"] not in models:
+            teacher = self.roles["teacher"]
+            frozen = [n for n, r in models.items() if r == FROZEN]
+            hint = f"frozen models in this run: {', '.join(frozen)}" if frozen else \
+                "set `teacher` in the config (teacher.config or teacher.checkpoint)"
+            raise ValueError(f"reads model {teacher!r} as its teacher, but the run has no model of that name: {hint}")
+
+    def check_student(self, models: Mapping[str, str]) -> None:
+        """The model in the student role exists and is trainable (a ValueError naming the fix otherwise)."""
         student = self.roles["student"]
         if student not in models:
             raise ValueError(f"reads model {student!r} as its student, but the run has no model of that name "
@@ -60,12 +70,6 @@ class LossTerm(nn.Module):
         if models[student] != TRAINABLE:
             raise ValueError(f"reads model {student!r} as its student, but {student!r} is frozen: name a "
                              "trainable model")
-        if self.needs_teacher and self.roles["teacher"] not in models:
-            teacher = self.roles["teacher"]
-            frozen = [n for n, r in models.items() if r == FROZEN]
-            hint = f"frozen models in this run: {', '.join(frozen)}" if frozen else \
-                "set `teacher` in the config (teacher.config or teacher.checkpoint)"
-            raise ValueError(f"reads model {teacher!r} as its teacher, but the run has no model of that name: {hint}")
 
     def reads(self) -> dict[str, tuple[str, ...]]:
         """Model name -> the features this term reads from it (an empty tuple: its logits only)."""

@@ -165,13 +165,7 @@ class _OverTeachers(LossTerm):
         self.teachers: tuple[str, ...] | None = None  # chosen in bind
 
     def bind(self, models: Mapping[str, str]) -> None:
-        student = self.roles["student"]
-        if student not in models:
-            raise ValueError(f"reads model {student!r} as its student, but the run has no model of that name "
-                             f"(models: {', '.join(models)})")
-        if models[student] != TRAINABLE:
-            raise ValueError(f"reads model {student!r} as its student, but {student!r} is frozen: name a "
-                             "trainable model")
+        self.check_student(models)
         if self.teacher_option is not None:
             _check_listed("teachers", self.teacher_option, models, FROZEN, "teachers are not trained")
             self.teachers = self.teacher_option
