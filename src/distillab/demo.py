@@ -1,4 +1,8 @@
-"""``distillab demo``: teacher, labels-only student and KD student on MNIST-1D, side by side."""
+"""``distillab demo``: teacher, labels-only student and KD student on MNIST-1D, side by side.
+
+The teacher comes from the global teacher store when it is trained as the shipped config says; a demo
+whose overrides change the teacher (``--tiny`` among them) keeps its teacher in a store inside its output
+folder (``<out>/demo-teachers``), so near-chance teachers never reach the global store."""
 
 from __future__ import annotations
 
@@ -14,19 +18,37 @@ from distillab.core.files import write_json_atomic
 from distillab.engine.rundir import create_run_dir
 from distillab.plots import plot_learning_curves
 from distillab.runner import find_config, run
-from distillab.store import TeacherStore
+from distillab.store import StoreError, TeacherStore, differences
 
 TEACHER = "configs/mnist1d/teacher_cnn1d.yaml"
 BASELINE = "configs/mnist1d/student_baseline.yaml"
 KD = "configs/mnist1d/kd.yaml"
 TINY = ["train.epochs=1", "data.options.num_samples=400"]  # a seconds-long check of the whole path
+LOCAL_STORE = "demo-teachers"  # inside the output folder: teachers trained otherwise than the shipped config
+
+
+def demo_store(out_dir: str | Path, overrides: list[str]) -> tuple[str | None, str]:
+    """The demo's teacher store and why: None (the ``store`` setting, else the global store) for a teacher
+    trained as the shipped config says, else ``<out_dir>/demo-teachers``. Validates the overrides."""
+    asked = load_config(find_config(TEACHER), overrides)
+    changed = differences(load_config(find_config(TEACHER)), asked)
+    if asked.store is not None or not changed:
+        return None, "the teacher is trained as the shipped config says"
+    why = f"this teacher differs from {TEACHER} in {', '.join(d.key for d in changed)}"
+    return str(Path(out_dir) / LOCAL_STORE), why
 
 
 def run_demo(out_dir: str = "runs", overrides: list[str] | None = None, console: Console | None = None,
              store: str | None = None) -> dict:
-    """Train (or reuse) the teacher, then the baseline and KD students; print and save the comparison."""
+    """Train (or reuse) the teacher, then the baseline and KD students; print and save the comparison.
+    ``store``: the teacher store (default: the global one, or ``<out_dir>/demo-teachers`` when the overrides
+    change the teacher)."""
     console = console or Console()
     overrides = list(overrides or [])
+    if store is None:
+        store, why = demo_store(out_dir, overrides)
+        if store is not None:
+            console.print(f"teacher store: {store} (not the global one: {why})", soft_wrap=True, highlight=False)
     folder = create_run_dir(out_dir, "demo")
     common = overrides + [f"out_dir={folder}"] + ([f"store={store}"] if store else [])
     # the students look their teacher up in the store under the same overrides it was trained with
@@ -35,16 +57,18 @@ def run_demo(out_dir: str = "runs", overrides: list[str] | None = None, console:
 
     tcfg = load_config(find_config(TEACHER), common)
     teacher_store = TeacherStore(tcfg.store)
-    cached = teacher_store.find(tcfg)
+    cached = teacher_store.get(tcfg)
     if cached is not None:
-        summary = json.loads((cached.parent / "summary.json").read_text())
-        console.print(f"[green]reusing the stored teacher[/] {cached}")
-        rows["teacher"] = {**summary, "wall_s": 0.0, "note": "from store"}
+        if cached.error is not None:
+            raise StoreError(cached.error)
+        console.print(f"[green]reusing the stored teacher[/] {cached.path}")
+        rows["teacher"] = {**cached.summary, "test_top1": cached.record.get("test_top1"), "wall_s": 0.0,
+                           "note": "from store"}
     else:
         console.rule(f"teacher: {tcfg.student.arch} (labels only)")
         tic = time.perf_counter()
         summary, run_dir = run(tcfg, console=console, label="teacher")
-        teacher_store.put(tcfg, run_dir / "model.pt", summary)
+        teacher_store.put(tcfg, run_dir / "model.pt", summary, config=TEACHER, overrides=overrides)
         rows["teacher"] = {**summary, "wall_s": time.perf_counter() - tic, "note": "trained"}
 
     for label, path in (("student", BASELINE), ("kd", KD)):
