@@ -139,10 +139,10 @@ def test_wandb_without_package_is_a_clear_error(tmp_path):
         pytest.skip("wandb is installed")
     except ImportError:
         pass
-    from distillab.engine.logger import MetricsLogger
+    from distillab.plan import check_plan
 
-    with pytest.raises(RuntimeError, match=r"pip install 'distillab\[wandb\]'"):
-        MetricsLogger(tmp_path, wandb_project="p")
+    with pytest.raises(ConfigError, match=r"pip install 'distillab\[wandb\]'"):  # before any folder or data
+        check_plan(_cfg(tmp_path, "train.wandb_project=p"))
 
 
 def test_teacher_is_frozen_and_loss_parameters_train(tmp_path):

@@ -174,8 +174,17 @@ def test_clear_errors(tmp_path):
         parse_classes("3;5")
     with pytest.raises(ValueError, match="'auto'"):
         run_rdx(ckpt, ckpt, gamma="big")
-    with pytest.raises(ValueError, match="no option 'classes'"):
-        run_rdx(ckpt, ckpt, data="synthetic", classes=[1, 2])
+    with pytest.raises(ValueError, match="data set 'digits': classes must be at least two distinct digits"):
+        run_rdx(ckpt, ckpt, classes=[42, 43])  # digits keeps the classes itself and checks them
+
+
+def test_classes_on_a_data_set_without_a_classes_option(tmp_path):
+    """MNIST-1D has no `classes` option: the samples of those labels are drawn from the whole split."""
+    ckpt = _save_run_checkpoint(tmp_path / "m.pt", "cnn1d_small", 4, data="mnist1d",
+                                data_options={"num_samples": 300}, num_classes=10)
+    folder = run_rdx(ckpt, ckpt, classes=[1, 2], n=40, k=1, out=tmp_path / "out")
+    summary = json.loads((folder / "rdx.json").read_text())
+    assert summary["data"]["n"] == 40 and set(summary["data"]["labels"]) == {1, 2}
 
 
 def test_digits_figure_script_quick(tmp_path):

@@ -81,7 +81,7 @@ def test_a_term_can_read_another_teacher(tmp_path):
 
 
 def test_missing_teacher_config_names_the_command(tmp_path):
-    with pytest.raises(ConfigError, match="run `distillab train-teacher configs/mnist1d/teacher_cnn1d.yaml` first"):
+    with pytest.raises(ConfigError, match="train it: `distillab train-teacher configs/mnist1d/teacher_cnn1d.yaml`"):
         runner.run(_cfg(tmp_path))
 
 

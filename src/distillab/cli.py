@@ -9,7 +9,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from distillab.cli_common import USER_ERRORS, console, fail
+from distillab.cli_common import console, fail, handled
 from distillab.config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -43,12 +43,12 @@ def _models_table(summary: dict) -> Table | None:
 
 
 def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], teacher_mode: bool,
-           store_result: bool = True, train_teachers: bool = False) -> None:
+           store_result: bool = True, train_teachers: bool = False, replace: bool = False) -> None:
     from distillab.core.dist import DistInfo
     from distillab.runner import find_config, load_run_config, run, train_missing_teachers
     from distillab.store import TeacherStore
 
-    try:
+    with handled():
         config, overrides = _split(config, overrides, resume)
         if resume is not None and config is None:
             cfg = load_run_config(resume, overrides)
@@ -66,14 +66,22 @@ def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], 
                                   "torchrun), then start the torchrun")
             for path in train_missing_teachers(cfg, console=console):
                 console.print(f"stored teacher: {path}")
+        store = TeacherStore(cfg.store) if teacher_mode and store_result else None
+        if store is not None and not replace:
+            store.refuse_stored(cfg)  # before training: an entry is never overwritten silently
         summary, run_dir = run(cfg, resume=resume, console=console, label="teacher" if teacher_mode else "distill")
         if not DistInfo.from_env().is_main:  # under torchrun, rank 0 stores and reports
             return
-        if teacher_mode and store_result:
-            path = TeacherStore(cfg.store).put(cfg, run_dir / "model.pt", summary)
-            console.print(f"stored teacher: {path}")
-    except USER_ERRORS as exc:
-        fail(exc)
+        if summary.get("nothing_to_do"):
+            console.print(f"{run_dir} is finished ({summary['epochs']} of {cfg.train.epochs} epochs, test top-1 "
+                          f"{summary['test_top1']:.2f}%): nothing to do, nothing changed; to train longer resume "
+                          f"with train.epochs=N (N > {summary['epochs']})", soft_wrap=True)
+            return
+        if store is not None:
+            aside = store.set_aside(cfg) if replace else None
+            path = store.put(cfg, run_dir / "model.pt", summary, config=config, overrides=overrides)
+            console.print(f"stored teacher: {path}" + (f" (the one it replaces: {aside})" if aside else ""),
+                          soft_wrap=True)
     msg = f"[bold]done[/]: test top-1 {summary['test_top1']:.2f}% (last epoch), best {summary['best_top1']:.2f}% " \
           f"(epoch {summary['best_epoch']}); run folder {run_dir}"
     console.print(msg)
@@ -88,9 +96,12 @@ def train_teacher(
     overrides: List[str] = typer.Argument(None, help="dotted overrides, e.g. optim.lr=0.01 seed=3"),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted run folder"),
     store: bool = typer.Option(True, help="put the trained teacher into the teacher store"),
+    replace: bool = typer.Option(False, "--replace", help="if the store holds this config already, train again and "
+                                 "replace it (the old entry is moved to <entry>/replaced-<UTC time>/)"),
 ) -> None:
-    """Train a model on labels alone and put it in the teacher store."""
-    _train(config, overrides or [], resume, teacher_mode=True, store_result=store)
+    """Train a model on labels alone and put it in the teacher store (refused, before training, if the store
+    holds this config already: see --replace)."""
+    _train(config, overrides or [], resume, teacher_mode=True, store_result=store, replace=replace)
 
 
 @app.command()
@@ -126,7 +137,7 @@ def evaluate(
     from distillab.engine.loader import BatchLoader
     from distillab.models import load_model
 
-    try:
+    with handled():
         loaded = load_model(checkpoint, name=model, arch=arch)
         data_name = data or loaded.data
         if data_name is None:
@@ -146,8 +157,6 @@ def evaluate(
                 x = bundle.prepare_field(loaded.input, batch[loaded.input])
                 correct += int((net(x).argmax(1) == batch["label"]).sum())
                 n += len(batch["label"])
-    except USER_ERRORS as exc:
-        fail(exc)
     console.print(f"{loaded.arch} on {data_name} test ({n} samples): top-1 {100.0 * correct / n:.2f}%")
 
 
@@ -173,14 +182,39 @@ def list_cmd(what: str = typer.Argument("all", help="models, datasets, methods, 
                 table.add_row(entry.name, entry.description)
             console.print(table)
     if what in ("teachers", "all"):
-        store = TeacherStore()
-        table = Table(title=f"teachers in {store.root}")
-        for col in ("data", "arch", "key", "test top-1", "path"):
-            table.add_column(col)
-        for e in store.entries():
-            top1 = f"{e['test_top1']:.2f}" if e["test_top1"] is not None else "-"
-            table.add_row(e["data"], e["arch"], e["key"], top1, e["path"])
-        console.print(table)
+        with handled():
+            _print_teachers(TeacherStore())
+
+
+def _print_teachers(store, out=console) -> None:
+    """The store as a table (what was trained how, when, how well), then each entry's full path, or why it
+    cannot be read."""
+    from rich.markup import escape
+
+    from distillab.store import keyed_overrides
+
+    def options(d: dict | None) -> str:
+        return escape(" ".join(f"{k}={v}" for k, v in (d or {}).items()))
+
+    entries = store.entries()
+    table = Table(title=f"teachers in {store.root}")
+    for col in ("data", "arch", "options", "overrides", "trained", "top-1", "key"):  # only free text wraps
+        table.add_column(col, overflow="fold", justify="right" if col == "top-1" else "left",
+                         no_wrap=col in ("arch", "trained", "top-1", "key"))
+    for e in (e for e in entries if e.error is None):
+        r = e.record
+        data = f"{e.data} ({options(r.get('data_options'))})" if r.get("data_options") else e.data
+        over = "?" if r.get("overrides") is None else escape(" ".join(keyed_overrides(r["overrides"]))) or "-"
+        top1 = r.get("test_top1")
+        table.add_row(data, e.arch, options(r.get("options")) or "-", over, (e.trained() or "-")[:10],
+                      f"{top1:.2f}" if isinstance(top1, (int, float)) else "-", e.key)
+    out.print(table)
+    for e in entries:
+        if e.error is None:
+            source = e.record.get("config") or "config file not recorded"
+            out.print(f"{e.key}  {e.path}  ({source})", soft_wrap=True, highlight=False, markup=False)
+        else:
+            out.print(f"{e.key}  unreadable: {e.error}", soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command()
@@ -192,10 +226,8 @@ def demo(
     """MNIST-1D: train a teacher (or reuse it), a labels-only student and a KD student; compare."""
     from distillab.demo import TINY, run_demo
 
-    try:
+    with handled():
         run_demo(out, (TINY if tiny else []) + list(overrides or []), console=console)
-    except USER_ERRORS as exc:
-        fail(exc)
 
 
 @app.command()
@@ -216,12 +248,10 @@ def bench(
     """Run a benchmark grid (pairs x methods x seeds); skip finished runs, resume interrupted ones, report."""
     from distillab.bench.cli import bench_command
 
-    try:
+    with handled():
         bench_command(suite, list(overrides or []), out=out, seeds=seeds, methods=methods, pairs=pairs,
                       workers=workers, threads=threads, dry_run=dry_run, commands=commands,
                       report_only=report_only, console=console)
-    except USER_ERRORS as exc:
-        fail(exc)
 
 
 def _register_tools() -> None:

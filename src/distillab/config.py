@@ -14,10 +14,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from distillab.core.errors import UserError
 from distillab.registry import close_matches
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message says which key and how to fix it."""
 
 
@@ -32,7 +33,7 @@ class DataConfig(Section):
     augment: bool = True  # batched training augmentation of the data set (crop+flip, 1-D shift)
     on_device: bool = True  # keep in-memory data sets on the training device (no host->device copies)
     augment_variants: int | None = None  # FKD style: R fixed augmentation draws per sample, one picked per epoch
-    num_workers: int = 0  # DataLoader workers for data sets that are not held in memory
+    num_workers: int = Field(0, ge=0)  # DataLoader workers for data sets that are not held in memory
     options: dict[str, Any] = Field(default_factory=dict)  # data-set-specific keyword options
 
     @field_validator("augment_variants")
@@ -52,8 +53,8 @@ class ModelConfig(Section):
     options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments of the model factory
     checkpoint: str | None = None  # state dict or checkpoint to load (distillab, RepDistiller, mdistiller)
     input: str = "input"  # the batch field this model reads (a data set may provide more, e.g. a privileged view)
-    lr: float | None = None  # this model's learning rate (None: optim.lr); trainable models only
-    weight_decay: float | None = None  # this model's weight decay (None: optim.weight_decay); trainable models only
+    lr: float | None = Field(None, ge=0)  # this model's learning rate (None: optim.lr); trainable models only
+    weight_decay: float | None = Field(None, ge=0)  # this model's weight decay (None: optim.weight_decay); trainable only
 
 
 class TeacherConfig(ModelConfig):
@@ -82,16 +83,30 @@ class MethodConfig(Section):
 
 class OptimConfig(Section):
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.05  # CRD protocol: 0.05 (0.01 for MobileNetV2 / ShuffleNet students)
-    momentum: float = 0.9
+    lr: float = Field(0.05, ge=0)  # CRD protocol: 0.05 (0.01 for MobileNetV2 / ShuffleNet students)
+    momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: float = Field(5e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
     schedule: Literal["multistep", "cosine", "constant"] = "multistep"
     milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])  # epochs where lr *= gamma
-    gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warm-up from lr/100 (cosine and multistep alike)
-    min_lr: float = 0.0  # cosine floor
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: int = Field(0, ge=0)  # linear warm-up from lr/100 (cosine and multistep alike)
+    min_lr: float = Field(0.0, ge=0)  # cosine floor
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("both must lie in [0, 1)")
+        return v
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, v: list[int]) -> list[int]:
+        if any(m < 0 for m in v):
+            raise ValueError("epochs must be >= 0")
+        return v
 
 
 class TrainConfig(Section):
@@ -112,7 +127,9 @@ class TrainConfig(Section):
     sync_bn: bool = False  # under DDP on CUDA: SyncBatchNorm in the student (BN statistics over the global batch)
     teacher_cache: bool = False  # FKD-style cache of teacher outputs keyed by sample and augmentation
     teacher_cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # storage type of cached outputs
-    teacher_cache_max_gb: float = 4.0  # refuse a cache larger than this (bound it with data.augment_variants)
+    teacher_cache_max_gb: float = Field(4.0, gt=0)  # refuse a cache larger than this (bound it with data.augment_variants)
+    threads: int | None = Field(None, ge=1)  # torch CPU threads of this process (None: torch's default, one per core);
+    #   1 is often fastest when other work shares the cores (e.g. several runs at once)
 
     @field_validator("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "eval_every")
     @classmethod
@@ -164,6 +181,20 @@ def _section_fields(model: type[BaseModel], path: list[str]) -> list[str] | None
     return list(model.model_fields)
 
 
+def _other_sections(key: str, section: list[str]) -> list[str]:
+    """``section.key`` spellings of ``key`` (or a close match) in the other top-level sections: ``train.lr``
+    -> ``optim.lr``."""
+    out = []
+    order = [*SHORTHAND_SECTIONS, "method", *(n for n in RunConfig.model_fields if n not in (*SHORTHAND_SECTIONS, "method"))]
+    for name in order:
+        fields = _section_fields(RunConfig, [name])
+        if not fields or [name] == section:
+            continue
+        out += [f"{name}.{m}" for m in close_matches(key, fields)]
+    exact = [o for o in out if o.endswith(f".{key}")]
+    return exact + [o for o in out if o not in exact]
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for e in err.errors():
@@ -172,7 +203,14 @@ def _format_errors(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             valid = _section_fields(RunConfig, loc[:-1]) or []
             matches = close_matches(loc[-1], valid)
-            hint = f"did you mean {'.'.join(loc[:-1] + [matches[0]])!r}?" if matches else f"valid keys here: {', '.join(valid)}"
+            elsewhere = _other_sections(loc[-1], loc[:-1])
+            exact = [o for o in elsewhere if o.endswith(f".{loc[-1]}")]
+            if exact or (elsewhere and not matches):  # `train.lr`: the key lives in another section
+                hint = f"did you mean {(exact or elsewhere)[0]!r}?"
+            elif matches:
+                hint = f"did you mean {'.'.join(loc[:-1] + [matches[0]])!r}?"
+            else:
+                hint = f"valid keys here: {', '.join(valid)}"
             lines.append(f"  unknown key {key!r}: {hint}")
         elif e["type"] == "missing":
             lines.append(f"  missing key {key!r}: it is required")
@@ -269,6 +307,18 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, bas
     raw = load_yaml(path) if path is not None else copy.deepcopy(base or {})
     raw = apply_overrides(raw, overrides or [])
     return validate(raw, str(path) if path is not None else "config")
+
+
+def flatten_settings(d: dict, prefix: str = "", whole: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Nested settings as dotted keys (``train.epochs``); mappings under a key in ``whole`` (e.g. a model's
+    ``options``) stay one value; an empty mapping adds nothing."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key not in whole:
+            out.update(flatten_settings(value, f"{prefix}{key}.", whole))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def to_yaml(cfg: RunConfig) -> str:

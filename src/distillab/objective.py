@@ -13,7 +13,7 @@ from distillab.engine.steps import STEPS
 from distillab.losses import LOSSES, Batch, EpochContext, LossTerm, SetupContext
 from distillab.losses.base import ROLES
 from distillab.methods import METHODS, StageSpec
-from distillab.options import construct
+from distillab.options import construct, options_of
 from distillab.registry import RegistryError, close_matches
 
 DEFAULT_ROLES = {"student": "student", "teacher": "teacher"}
@@ -82,8 +82,25 @@ class Objective(nn.Module):
         return self.reads().get(model, [])
 
     def setup(self, ctx: SetupContext) -> None:
-        for term in self.terms.values():
-            term.setup(ctx.view(term.roles))
+        """Set every term up on the probed shapes; a term that cannot work with the run's models (shapes,
+        classes, missing BatchNorms) raises a ConfigError naming the term."""
+        for name, term in self.terms.items():
+            try:
+                term.setup(ctx.view(term.roles))
+            except ConfigError:
+                raise
+            except ValueError as exc:
+                raise ConfigError(f"method term {name!r}: {exc}") from None
+
+    def feature_readers(self, model: str, feature: str) -> list[str]:
+        """``method.params.<term>.<option>`` spellings of the options that chose ``feature`` of ``model``, for
+        messages (the options of the terms that read it whose names speak of stages or features)."""
+        out = []
+        for name, term in self.terms.items():
+            if feature in term.reads().get(model, ()):
+                options = [o for o in (options_of(type(term)) or []) if "stage" in o or "feature" in o]
+                out += [f"method.params.{name}.{o}" for o in options] or [f"method term {name!r}"]
+        return out
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         for term in self.terms.values():

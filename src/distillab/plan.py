@@ -82,11 +82,20 @@ def _frozen_plan(name: str, section: str, t: TeacherConfig, cfg: RunConfig) -> M
                           f"{cfg.data.name!r}")
     if t.checkpoint is not None:  # architecture and options: the config's, else the file's record, else its config's
         meta = load_checkpoint(t.checkpoint)
-        arch = t.arch or meta.get("arch") or (tcfg.student.arch if tcfg is not None else None)
+        recorded = meta.get("arch")
+        if recorded is not None and t.arch is not None and t.arch != recorded:
+            raise ConfigError(f"{section}.arch is {t.arch!r} but checkpoint {t.checkpoint!r} was trained as "
+                              f"{recorded!r} (options {meta.get('options') or {}}): drop {section}.arch, or give a "
+                              f"checkpoint of {t.arch!r}")
+        if recorded is not None and t.arch is None and tcfg is not None and tcfg.student.arch != recorded:
+            raise ConfigError(f"checkpoint {t.checkpoint!r} was trained as {recorded!r} but {section}.config "
+                              f"{t.config!r} trains {tcfg.student.arch!r}: drop {section}.config (the file says what "
+                              f"it is), or give the checkpoint that config trained")
+        arch = t.arch or recorded or (tcfg.student.arch if tcfg is not None else None)
         if arch is None:
             raise ConfigError(f"{section}.arch is not set and checkpoint {t.checkpoint!r} does not name its "
                               f"architecture: set {section}.arch")
-        options = dict(t.options or meta.get("options")
+        options = dict(t.options or (meta.get("options") if arch == recorded else None)
                        or (tcfg.student.options if tcfg is not None and tcfg.student.arch == arch else {}))
         data_input = t.input or meta.get("input") or (tcfg.student.input if tcfg is not None else MAIN_INPUT)
         return ModelPlan(name, FROZEN, section, t, arch, options, data_input, "checkpoint", tcfg)
@@ -164,4 +173,10 @@ def check_plan(cfg: RunConfig) -> RunPlan:
             if what.removesuffix("_body") not in trainable and what.partition(".")[0] not in terms:
                 raise ConfigError(f"stage {stage.name!r} trains {what!r}, which is neither a trainable model "
                                   f"({', '.join(sorted(trainable))}) nor a term of the objective")
+    if cfg.train.wandb_project:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.wandb_project is set but wandb is not installed: pip install 'distillab[wandb]' "
+                              "(or drop train.wandb_project)") from None
     return RunPlan(cfg, objective, models, fields)

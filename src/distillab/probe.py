@@ -23,6 +23,7 @@ import typer
 from torch import nn
 from torch.nn import functional as F
 
+from distillab.core.errors import DataError, UsageError
 from distillab.models import LoadedModel, load_model
 
 # Defaults of the probe (features are cached, so many epochs are cheap).
@@ -40,7 +41,7 @@ def parse_options(texts: list[str] | None) -> dict:
     options: dict = {}
     for text in texts or []:
         if "=" not in text:
-            raise ValueError(f"--option {text!r} is not of the form key=value (e.g. seed=7)")
+            raise UsageError(f"--option {text!r} is not of the form key=value (e.g. seed=7)")
         path, value = parse_override(text)
         options[".".join(path)] = value
     return options
@@ -67,7 +68,7 @@ def check_input_shape(expected: tuple[int, ...] | None, bundle, resize: bool) ->
         fixes.append("pass --resize to resize its images bilinearly")
     if bundle.name in ("imagefolder", "synthetic") and len(expected) == 3:
         fixes.append(f"pass --option image_size={expected[-1]}")
-    raise ValueError(f"the model expects inputs of shape {expected} but data set {bundle.name!r} gives {got}: "
+    raise UsageError(f"the model expects inputs of shape {expected} but data set {bundle.name!r} gives {got}: "
                      + ", or ".join(fixes))
 
 
@@ -153,22 +154,24 @@ def run_probe(checkpoint: str | Path, data: str, *, root: str | None = None, dat
 
     report = report or (lambda msg: None)
     if epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {epochs}")
+        raise UsageError(f"--epochs must be at least 1, got {epochs}")
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if lr <= 0:
-        raise ValueError(f"--lr must be positive, got {lr}")
+        raise UsageError(f"--lr must be positive, got {lr}")
     options = dict(data_options or {})
     seconds: dict[str, float] = {}
 
     tic = time.perf_counter()
     ckpt = load_model(checkpoint, arch=arch)  # its classifier keeps its own classes: the probe reads the embedding
+    if root is None and data == ckpt.data:  # the model's own data set: where its run read it
+        root = ckpt.data_root
     bundle = build_dataset(data, root=root, **options)
     model = ckpt.model.requires_grad_(False).eval()
     expected = expected_input_shape(model)
     size = check_input_shape(expected, bundle, resize)
     if len(bundle.train) == 0 or len(bundle.test) == 0:
-        raise ValueError(f"data set {data!r} has an empty train or test split")
+        raise DataError(f"data set {data!r} has an empty train or test split")
     seconds["load"] = time.perf_counter() - tic
 
     tic = time.perf_counter()

@@ -6,10 +6,12 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from distillab.core.errors import UserError
+
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
+class RegistryError(UserError, KeyError):
     """An unknown or duplicate name in a registry."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly

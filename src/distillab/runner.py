@@ -11,15 +11,16 @@ import torch
 from torch import nn
 
 import distillab
-from distillab.config import ConfigError, RunConfig, load_config, to_yaml
+from distillab.config import ConfigError, RunConfig, flatten_settings, load_config, to_yaml
 from distillab.core import dist as comm
 from distillab.core.contract import TRAINABLE
 from distillab.core.dist import DistInfo
+from distillab.core.errors import TrainingError
 from distillab.core.files import CheckpointError, copy_atomic, save_atomic, write_json_atomic, write_text_atomic
 from distillab.data import DataBundle, build_dataset
 from distillab.engine.device import resolve_device, seed_everything
 from distillab.engine.models import ModelSet, RunModel
-from distillab.engine.progress import TrainingProgress
+from distillab.engine.progress import EpochLines, TrainingProgress
 from distillab.engine.rundir import create_run_dir
 from distillab.engine.trainer import Trainer
 from distillab.models import MODELS, create_model, load_model
@@ -46,10 +47,9 @@ def build_model(plan: ModelPlan, data: DataBundle, store: TeacherStore) -> nn.Mo
             raise ConfigError(f"{plan.section}.options: {exc}") from None
     if plan.source == "store":
         found = store.find(plan.teacher_config)
-        if found is None:
-            command = " ".join(["distillab train-teacher", plan.config.config, *plan.config.overrides])
-            raise ConfigError(f"no teacher trained with {plan.config.config!r} in the store {store.root}: run "
-                              f"`{command}` first, or set {plan.section}.checkpoint")
+        if found is None:  # the closest stored teachers, how to select one, or how to train it
+            raise ConfigError(store.miss_message(plan.teacher_config, plan.config.config, plan.config.overrides,
+                                                 section=plan.section))
         path = found
     else:
         path = plan.config.checkpoint
@@ -80,7 +80,8 @@ def train_missing_teachers(cfg: RunConfig, console=None) -> list[Path]:
         if console is not None:
             console.print(f"{m.section}: training {m.config.config} {' '.join(m.config.overrides)}".rstrip())
         summary, folder = run(m.teacher_config, console=console, label=m.name)
-        stored.append(store.put(m.teacher_config, folder / "model.pt", summary))
+        stored.append(store.put(m.teacher_config, folder / "model.pt", summary, config=m.config.config,
+                                overrides=m.config.overrides))
     return stored
 
 
@@ -104,15 +105,65 @@ def versions() -> dict:
     return {"distillab": distillab.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+# What may differ from a run's saved config when it is resumed: how long it trains, where and how it runs
+# and reports. Anything else would continue one run as another (a KD run as a labels-only one).
+RESUME_MAY_CHANGE = ("train.epochs", "train.device", "train.threads", "train.progress", "train.tensorboard",
+                     "train.wandb_project", "train.eval_batch_size", "train.eval_every", "train.checkpoint_every",
+                     "data.root", "data.download", "data.num_workers", "store", "out_dir", "name")
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; the message says where it stopped, what was kept and how to continue."""
+
+
+def check_resume(run_dir: Path, cfg: RunConfig) -> dict | None:
+    """Refuse to resume ``run_dir`` with settings other than its own (except those of
+    :data:`RESUME_MAY_CHANGE`), before anything is written; the run's summary if it is already finished
+    (nothing to do), else None."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise CheckpointError(f"cannot resume {run_dir}: it holds no checkpoints/last.pt (start a new run instead)")
+    whole = ("options", "params", "weights", "stages", "schedule")  # shown as one value each
+    saved = flatten_settings(load_run_config(run_dir, []).model_dump(mode="json"), whole=whole)
+    asked = flatten_settings(cfg.model_dump(mode="json"), whole=whole)
+    changed = [k for k in sorted(set(saved) | set(asked))
+               if saved.get(k) != asked.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
+    if changed:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} -> {asked.get(k)!r}" for k in changed[:6])
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ConfigError(f"cannot resume {run_dir} with other settings ({shown}{more}): a resumed run keeps the "
+                          f"settings it was started with, except {', '.join(RESUME_MAY_CHANGE[:10])}, ...; to train "
+                          "with these settings start a new run")
+    summary_file = run_dir / "summary.json"
+    if summary_file.is_file():
+        import json
+
+        summary = json.loads(summary_file.read_text())
+        if int(summary.get("epochs") or 0) >= cfg.train.epochs:
+            return summary
+    return None
+
+
 def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: bool | None = None,
         report: Callable[[str], None] | None = None, label: str = "train",
         run_dir: Path | None = None) -> tuple[dict, Path | None]:
     """Train one run to the end; return (summary, run folder). ``resume`` is an existing run folder;
     ``run_dir`` names the new run's folder exactly (it must not exist yet, or be empty).
 
+    ``progress``: True, a progress bar (on a terminal; one plain line per epoch otherwise); False, nothing per
+    epoch; None, ``train.progress`` decides (False: plain lines). A resumed run that has no epochs left changes
+    nothing and returns its summary with ``nothing_to_do`` set. Ctrl-C raises :class:`RunInterrupted`, saying
+    what the last checkpoint holds and the command that continues.
+
     Under ``torchrun`` (WORLD_SIZE > 1) every process calls this: the process group is joined here, rank 0
     alone creates the folder, reports, logs and writes checkpoints, and the other ranks return the same
     summary with the same folder."""
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
+    if resume is not None:
+        finished = check_resume(resume, cfg)
+        if finished is not None:
+            return {**finished, "nothing_to_do": True}, Path(resume)
     dist = DistInfo.from_env()
     device = resolve_device(cfg.train.device)
     if dist.enabled and device.type == "cuda":
@@ -133,22 +184,34 @@ def _prepare_run_dir(cfg: RunConfig, dist: DistInfo, resume: Path | None, run_di
         try:
             if resume is not None:
                 folder = Path(resume)
-                if not (folder / "checkpoints" / "last.pt").is_file():
-                    raise CheckpointError(f"cannot resume {folder}: it holds no checkpoints/last.pt")
             elif run_dir is not None:
                 folder = Path(run_dir)
-                if folder.exists() and any(folder.iterdir()):
+                if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
                     raise ConfigError(f"run folder {folder} already holds files: resume it, or pick another folder")
                 folder.mkdir(parents=True, exist_ok=True)
             else:
                 folder = create_run_dir(cfg.out_dir, cfg.name or default_name(cfg))
             outcome = ("ok", str(folder))
+        except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+            outcome = ("ConfigError", f"out_dir {cfg.out_dir!r} cannot hold run folders ({exc.strerror}: "
+                                      f"{exc.filename}): choose another out_dir (out_dir=...)")
         except (ConfigError, CheckpointError) as exc:
             outcome = (type(exc).__name__, str(exc))
     outcome = comm.broadcast_object(outcome if dist.is_main else None)
     if outcome[0] != "ok":
         raise (CheckpointError if outcome[0] == "CheckpointError" else ConfigError)(outcome[1])
     return Path(outcome[1])
+
+
+def _progress(cfg: RunConfig, progress: bool | None, console, label: str, dist: DistInfo):
+    """The per-epoch display: a bar on a terminal, plain flushed lines otherwise (logs of nohup, sbatch,
+    tee), nothing when the caller asked for none or on other ranks."""
+    if progress is False or not dist.is_main:
+        return None
+    bar = (cfg.train.progress if progress is None else progress) and console is not None and console.is_terminal
+    if bar:
+        return lambda e, s: TrainingProgress(e, s, label=label, console=console)
+    return lambda e, s: EpochLines(e, label=label, console=console)
 
 
 def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path | None, console,
@@ -166,19 +229,26 @@ def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path |
     # built again from the seed: terms that draw random numbers when constructed draw them here, as always
     objective = build_objective(cfg.method)
     models = build_models(plan, data, TeacherStore(cfg.store))
+    # the whole run is built (features probed, terms set up, caches sized) before a folder exists
+    trainer = Trainer(cfg, models=models, objective=objective, data=data, device=device, dist=dist, reporter=report)
 
     run_dir = _prepare_run_dir(cfg, dist, resume, run_dir)
+    trainer.attach(run_dir)
+    if resume is not None:
+        trainer.resume(run_dir / "checkpoints" / "last.pt")  # a failure here leaves the folder as it was
     if dist.is_main:
         write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         report(f"run folder: {run_dir}" + (f" ({dist.world_size} processes)" if dist.enabled else ""))
-
-    trainer = Trainer(cfg, models=models, objective=objective, data=data, run_dir=run_dir, device=device,
-                      dist=dist, reporter=report)
-    if resume is not None:
-        trainer.resume(run_dir / "checkpoints" / "last.pt")
-    show = cfg.train.progress if progress is None else progress
-    factory = (lambda e, s: TrainingProgress(e, s, label=label, console=console)) if show and dist.is_main else None
-    summary = trainer.fit(factory)
+    try:
+        summary = trainer.fit(_progress(cfg, progress, console, label, dist))
+    except KeyboardInterrupt:
+        command = "train-teacher" if label == "teacher" else "distill"
+        kept = f"the last checkpoint holds {trainer.saved}" if trainer.saved else "no checkpoint was written yet"
+        raise RunInterrupted(f"stopped in epoch {trainer.epoch + 1} of {cfg.train.epochs}; {kept} in {run_dir}; "
+                             f"continue with: distillab {command} --resume {run_dir}") from None
+    except TrainingError as exc:
+        kept = f"its last good checkpoint ({trainer.saved})" if trainer.saved else "no checkpoint (none was written yet)"
+        raise type(exc)(f"{exc}; {run_dir} keeps {kept}") from None
     summary.update({"run": str(run_dir), "method": cfg.method.name, "student": cfg.student.arch,
                     "teacher": _teacher_name(plan), "data": cfg.data.name, "seed": cfg.seed,
                     "student_params": sum(p.numel() for p in trainer.student.parameters()), "versions": versions(),

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from distillab.config import ConfigError, RunConfig, expand_shorthand, load_config, load_yaml, parse_override, to_yaml
+from distillab.config import (ConfigError, RunConfig, expand_shorthand, flatten_settings, load_config, load_yaml,
+                              parse_override, to_yaml)
 from distillab.core.files import copy_atomic, write_json_atomic, write_text_atomic
 
 # Settings that change where data lives or how fast it is read, not what is learned: not in the key.
@@ -69,17 +70,6 @@ def teacher_key(cfg: RunConfig) -> str:
     return hashlib.sha1(json.dumps(_material(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys (``train.epochs``); an empty mapping adds nothing."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _show(value: Any) -> str:
     if value is _UNSET:
         return "unset"
@@ -100,7 +90,7 @@ class Difference:
 
 def differences(stored: RunConfig, asked: RunConfig) -> list[Difference]:
     """The keyed settings in which ``stored`` differs from ``asked``, field by field (defaults filled in)."""
-    a, s = _flatten(_material(asked, drop_defaults=False)), _flatten(_material(stored, drop_defaults=False))
+    a, s = flatten_settings(_material(asked, drop_defaults=False)), flatten_settings(_material(stored, drop_defaults=False))
     keys = list(a) + [k for k in s if k not in a]
     return [Difference(k, s.get(k, _UNSET), a.get(k, _UNSET)) for k in keys if s.get(k, _UNSET) != a.get(k, _UNSET)]
 

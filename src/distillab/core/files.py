@@ -18,8 +18,10 @@ from typing import IO, Any, Iterator
 
 import torch
 
+from distillab.core.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that is missing, truncated or not a distillab/RepDistiller/mdistiller file."""
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from distillab.data import cifar, digits, imagefolder, mnist1d, synthetic  # noqa: F401 (registration)
 from distillab.data.base import DATASETS, ArrayDataset, DataBundle, InputField, data_fields, default_data_root
+from distillab.core.errors import DataError, DataMissingError, UserError
 from distillab.registry import close_matches
 
 __all__ = [
@@ -48,7 +49,7 @@ def check_dataset_options(name: str, options: dict) -> None:
         matches = close_matches(key, list(valid))
         hint = f"did you mean {', '.join(repr(m) for m in matches)}? " if matches else ""
         listed = ", ".join(valid) if valid else "(none)"
-        raise ValueError(f"data set {name!r} has no option {key!r}: {hint}valid options: {listed}")
+        raise DataError(f"data set {name!r} has no option {key!r}: {hint}valid options: {listed}")
 
 
 def build_dataset(
@@ -56,4 +57,11 @@ def build_dataset(
 ) -> DataBundle:
     """Build registered data set ``name``. An unknown option is a ValueError naming the valid ones."""
     check_dataset_options(name, options)
-    return DATASETS.get(name)(root=root, download=download, **options)
+    try:
+        return DATASETS.get(name)(root=root, download=download, **options)
+    except UserError:
+        raise
+    except FileNotFoundError as exc:  # an archive or folder that is not there: the message says where it looked
+        raise DataMissingError(f"data set {name!r}: {exc}") from None
+    except (ValueError, OSError) as exc:  # an option's value, a corrupt or unreadable file, a failed download
+        raise DataError(f"data set {name!r}: {exc}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from distillab.config import ConfigError
 from distillab.core import dist as comm
 from distillab.core.contract import INDEX, MAIN_INPUT
 from distillab.data.augment import AugmentPlan, take_params
@@ -33,7 +34,7 @@ class BatchPreparer:
         self.keys = keys
         self.memory_format = memory_format
         if self.shared and plan.active and not plan.keyed:
-            raise ValueError(f"data set {data.name!r}: fields {self.shared} share the main input's augmentation, but "
+            raise ConfigError(f"data set {data.name!r}: fields {self.shared} share the main input's augmentation, but "
                              f"{plan.augment!r} cannot replay its draws (no sample_params/apply); use a keyed "
                              "augmentation (RandomCropFlip, RandomShift1D) or declare the fields augment='none'")
 

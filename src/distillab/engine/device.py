@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from distillab.config import ConfigError
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA, then MPS, then the CPU; a named device that is not there is refused."""
@@ -19,9 +21,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available: use train.device=cpu")
+        raise ConfigError(f"device {name!r} was asked for but CUDA is not available: use train.device=cpu")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"device {name!r} was asked for but MPS is not available: use train.device=cpu")
+        raise ConfigError(f"device {name!r} was asked for but MPS is not available: use train.device=cpu")
     return device
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from distillab.config import ConfigError
 from distillab.engine.models import RunModel
 from distillab.engine.teacher_cache import TeacherCache
 from distillab.features import FeatureTaps
@@ -41,7 +42,7 @@ class FrozenModels:
                     out[m.name] = ModelOutputs(*forward())
                     continue
                 if keys is None:
-                    raise ValueError("train.teacher_cache needs an augmentation with keyed parameters "
+                    raise ConfigError("train.teacher_cache needs an augmentation with keyed parameters "
                                      "(RandomCropFlip, RandomShift1D) or data.augment=false")
                 out[m.name] = ModelOutputs(*cache.fetch(cache.keys(idx, keys), forward))
         return out
@@ -53,7 +54,10 @@ def build_cache(model: RunModel, shapes: dict[str, torch.Size], *, num_samples: 
     ``shapes``: its features' probed shapes; the logits have one column per class."""
     maps = sorted(n for n, shape in shapes.items() if len(shape) > 2)
     if maps:
-        raise ValueError(f"train.teacher_cache stores teacher logits and pooled feature vectors, but method {method!r} "
+        raise ConfigError(f"train.teacher_cache stores teacher logits and pooled feature vectors, but method {method!r} "
                          f"reads feature maps of {model.name!r} ({', '.join(maps)}): turn the cache off")
-    return TeacherCache(num_samples, key_space, num_classes, {n: tuple(shape[1:]) for n, shape in shapes.items()},
-                        dtype=CACHE_DTYPES[dtype], device=device, max_bytes=int(max_gb * 2**30))
+    try:
+        return TeacherCache(num_samples, key_space, num_classes, {n: tuple(shape[1:]) for n, shape in shapes.items()},
+                            dtype=CACHE_DTYPES[dtype], device=device, max_bytes=int(max_gb * 2**30))
+    except ValueError as exc:  # too large for train.teacher_cache_max_gb: the message names the fixes
+        raise ConfigError(f"train.teacher_cache ({model.name}): {exc}") from None

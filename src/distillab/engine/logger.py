@@ -16,27 +16,37 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
 
 
 class MetricsLogger:
+    """``metrics.csv`` in ``run_dir`` (rewritten atomically after every row), and TensorBoard / Weights &
+    Biases when asked for and installed. Nothing is written before the first row is logged or restored."""
+
     def __init__(self, run_dir: Path | None, tensorboard: bool = True, enabled: bool = True,
                  wandb_project: str | None = None, config: dict | None = None) -> None:
         self.enabled = enabled and run_dir is not None
+        self.run_dir = run_dir
         self.path = run_dir / "metrics.csv" if run_dir is not None else None
         self.rows: list[dict[str, float]] = []
+        self.tensorboard, self.wandb_project, self.config = tensorboard, wandb_project, config
         self._tb = None
         self._wandb = None
-        if self.enabled and wandb_project:
-            try:
-                import wandb
-            except ImportError:
-                raise RuntimeError("train.wandb_project is set but wandb is not installed: "
-                                   "pip install 'distillab[wandb]'") from None
-            self._wandb = wandb.init(project=wandb_project, name=run_dir.name, dir=str(run_dir), config=config)
-        if self.enabled and tensorboard:
+        self._opened = False
+
+    def _open(self) -> None:
+        """The TensorBoard and W&B writers, made on first use (so a run that fails before its first epoch
+        leaves no event files behind)."""
+        if self._opened or not self.enabled:
+            return
+        self._opened = True
+        if self.wandb_project:
+            import wandb  # checked to be installed before the run started
+
+            self._wandb = wandb.init(project=self.wandb_project, name=self.run_dir.name, dir=str(self.run_dir),
+                                     config=self.config)
+        if self.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed: CSV only
-                self._tb = None
+            except ImportError:  # tensorboard not installed: CSV only
+                return
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
     def restore(self, rows: list[dict[str, float]]) -> None:
         """Continue from the rows of a checkpoint (rows logged after it are dropped)."""
@@ -47,6 +57,7 @@ class MetricsLogger:
         self.rows.append(dict(row))
         if not self.enabled:
             return
+        self._open()
         self._write()
         if self._tb is not None:
             step = int(row["epoch"])

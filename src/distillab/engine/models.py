@@ -15,9 +15,10 @@ from typing import Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from distillab.config import ConfigError
 from distillab.core import dist as comm
 from distillab.core.contract import FROZEN, MAIN_INPUT, TRAINABLE
-from distillab.features import probe_shapes, resolve_feature
+from distillab.features import parse_tap, probe_shapes, resolve_feature, resolve_module
 
 
 @dataclass
@@ -102,9 +103,18 @@ class ModelSet:
             m.module = module
 
     def resolve_taps(self, requests: Mapping[str, list[str]]) -> None:
-        """Tap addresses of the features each model is asked for (``requests``: name -> feature names)."""
+        """Tap addresses of the features each model is asked for (``requests``: name -> feature names); a
+        feature a model does not have raises :class:`FeatureError`."""
         for m in self:
-            m.taps = {n: resolve_feature(m.module, n) for n in requests.get(m.name, [])}
+            taps = {}
+            for feature in requests.get(m.name, []):
+                try:
+                    taps[feature] = resolve_feature(m.module, feature)
+                    resolve_module(m.module, parse_tap(taps[feature])[0])  # an address must name a module
+                except (ValueError, KeyError) as exc:
+                    why = str(exc.args[0]) if exc.args else str(exc)  # a KeyError's str() adds quotes
+                    raise FeatureError(m.name, feature, describe_features(m.module), why) from None
+            m.taps = taps
 
     def probe(self, field_shape: Callable[[str], tuple[int, ...]], device: torch.device) -> dict[str, dict]:
         """Probed shapes of every model's taps: name -> {feature: shape}."""
@@ -138,6 +148,25 @@ class ModelSet:
                     for buf in (module.running_mean, module.running_var):
                         if buf is not None:
                             comm.all_reduce_(buf, "mean")
+
+
+class FeatureError(ConfigError):
+    """A feature a model of the run does not have; the engine adds which term asked for it."""
+
+    def __init__(self, model: str, feature: str, available: str, why: str) -> None:
+        super().__init__(f"model {model!r} has no feature {feature!r} ({why}); its features: {available}")
+        self.model, self.feature, self.available, self.why = model, feature, available, why
+
+
+def describe_features(module: nn.Module) -> str:
+    """The feature names a model offers, for messages: its stages (with module paths), pre-activations, embedding."""
+    info = getattr(module, "feature_info", None) or []
+    names = [f"stage{i} ({st.name})" for i, st in enumerate(info)]
+    names += [f"preact{i}" for i, st in enumerate(info) if st.preact is not None]
+    if getattr(module, "head", None):
+        names.append("embedding")
+    return ", ".join(names) if names else f"none described ({type(module).__name__} has no feature_info): request " \
+                                           "features by module path, e.g. 'layer2'"
 
 
 @contextlib.contextmanager

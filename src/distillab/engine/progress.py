@@ -55,3 +55,40 @@ class TrainingProgress:
         test = row.get("test/top1")
         info = f"train {row['train/top1']:.1f}%" + (f"  test {test:.2f}%" if test is not None else "")
         self.progress.update(self._epoch_task, completed=epoch, info=info)
+
+
+class EpochLines:
+    """One plain line per epoch, flushed, for logs that are not a terminal (nohup, sbatch, ``| tee``) or when
+    the bar is off: the same interface as :class:`TrainingProgress`, handed to :meth:`Trainer.fit`."""
+
+    def __init__(self, epochs: int, label: str = "train", console: Console | None = None) -> None:
+        self.epochs, self.label, self.console = epochs, label, console
+
+    def __enter__(self) -> "EpochLines":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def advance_epochs(self, done: int) -> None:
+        if done:
+            self._print(f"{self.label}: continuing after epoch {done} of {self.epochs}")
+
+    def step_callback(self, epoch: int) -> None:
+        return None
+
+    def end_epoch(self, epoch: int, row: dict) -> None:
+        losses = "  ".join(f"{k.removeprefix('train/')} {v:.4f}" for k, v in row.items()
+                           if k.startswith("train/") and "top1" not in k and "/" not in k.removeprefix("train/"))
+        test = row.get("test/top1")
+        parts = [f"{self.label} epoch {epoch}/{self.epochs}", losses, f"train top-1 {row['train/top1']:.2f}",
+                 f"test top-1 {test:.2f}" if test is not None else "",
+                 f"{row.get('throughput/images_per_s', 0):,.0f} img/s", f"{row.get('time/epoch_s', 0):.1f} s"]
+        self._print("  ".join(p for p in parts if p))
+
+    def _print(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, soft_wrap=True, highlight=False, markup=False)
+            self.console.file.flush()
+        else:
+            print(text, flush=True)

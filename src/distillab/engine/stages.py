@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from distillab.config import ConfigError
 from distillab.engine.models import ModelSet
 from distillab.methods import StageSpec
 
@@ -22,11 +23,11 @@ def stage_parameters(models: ModelSet, objective: nn.Module, stage: StageSpec) -
             continue
         term, _, sub = what.partition(".")
         if term not in objective.terms:
-            raise ValueError(f"stage {stage.name!r} trains {what!r}, which is neither a trainable model "
+            raise ConfigError(f"stage {stage.name!r} trains {what!r}, which is neither a trainable model "
                              f"({', '.join(m.name for m in models.trainable)}) nor a term of the objective")
         module = objective.terms[term]
         params += list(module.get_submodule(sub).parameters() if sub else module.parameters())
     unique = list({id(p): p for p in params}.values())
     if not unique:
-        raise ValueError(f"stage {stage.name!r} has nothing to train ({stage.train})")
+        raise ConfigError(f"stage {stage.name!r} has nothing to train ({stage.train})")
     return unique

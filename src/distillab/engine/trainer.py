@@ -20,10 +20,11 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from distillab.config import RunConfig
+from distillab.config import ConfigError, RunConfig
 from distillab.core.contract import INDEX, LABEL
 from distillab.core.dist import DistInfo
-from distillab.core.files import load_checkpoint, save_atomic
+from distillab.core.errors import TrainingError
+from distillab.core.files import CheckpointError, load_checkpoint, save_atomic
 from distillab.data.augment import AugmentPlan
 from distillab.data.base import DataBundle
 from distillab.engine.batches import BatchPreparer
@@ -33,7 +34,7 @@ from distillab.engine.loader import BatchLoader, epoch_generator
 from distillab.engine.logger import MetricsLogger, read_metrics
 from distillab.engine.epoch_state import EpochState
 from distillab.engine.frozen import FrozenModels, build_cache
-from distillab.engine.models import ModelSet, RunModel, TrainableStep
+from distillab.engine.models import FeatureError, ModelSet, RunModel, TrainableStep
 from distillab.engine.schedule import build_optimizer, build_scheduler
 from distillab.engine.stages import stage_parameters
 from distillab.engine.steps import STEPS, BatchRunner
@@ -46,7 +47,7 @@ from distillab.objective import Objective
 CHECKPOINT_FORMAT = "distillab-checkpoint-v1"
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(TrainingError):
     """The loss became NaN or infinite; the message names the terms and suggests fixes."""
 
 
@@ -71,7 +72,7 @@ class Trainer:
         self.cfg = cfg
         self.data = data
         self.dist = dist
-        self.run_dir = run_dir if dist.is_main else None
+        self.run_dir: Path | None = None
         self.device = device or resolve_device(cfg.train.device)
         self.report = reporter or (lambda _msg: None)
         t = cfg.train
@@ -82,15 +83,19 @@ class Trainer:
         objective.bind(models.roles())
         missing = sorted(objective.needs() - set(models.names()))
         if missing:
-            raise ValueError(f"method {cfg.method.name!r} needs model(s) {missing}: set `teacher` in the config")
+            raise ConfigError(f"method {cfg.method.name!r} needs model(s) {missing}: set `teacher` in the config")
         self.models = models.keep(objective.needs())
         self.objective = objective
         self.step_fn = STEPS.get(objective.step)
         if dist.enabled and t.sync_bn and self.device.type != "cuda":
-            raise ValueError("train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernel): set train.sync_bn=false on CPU")
+            raise ConfigError("train.sync_bn needs CUDA (SyncBatchNorm has no CPU kernel): set train.sync_bn=false on CPU")
         memory_format = torch.channels_last if t.channels_last and len(data.input_shape) == 3 else None
         self.models.prepare(self.device, memory_format, sync_bn=dist.enabled and t.sync_bn)
-        self.models.resolve_taps(objective.reads())
+        try:
+            self.models.resolve_taps(objective.reads())
+        except FeatureError as exc:
+            readers = objective.feature_readers(exc.model, exc.feature)
+            raise ConfigError(f"{exc}; choose others with {' or '.join(readers)}") from None
         shapes = self.models.probe(data.field_shape, self.device)
         objective.setup(SetupContext(
             num_classes=data.num_classes, num_train=len(data.train), student_shapes=shapes["student"],
@@ -118,8 +123,11 @@ class Trainer:
         self.train_loader = BatchLoader(data.train, t.batch_size, shuffle=True, seed=cfg.seed, drop_last=t.drop_last,
                                         **loader_args)
         self.test_loader = BatchLoader(data.test, t.eval_batch_size, shuffle=False, shard="split", **loader_args)
-        self.augment = AugmentPlan(data.augment if cfg.data.augment else None, len(data.train),
-                                   variants=cfg.data.augment_variants, seed=cfg.seed, device=self.device)
+        try:
+            self.augment = AugmentPlan(data.augment if cfg.data.augment else None, len(data.train),
+                                       variants=cfg.data.augment_variants, seed=cfg.seed, device=self.device)
+        except ValueError as exc:  # fixed variants asked of an augmentation that cannot replay its draws
+            raise ConfigError(f"data.augment_variants: {exc}") from None
         readers = [m for m in self.models.frozen if m.name in objective.reads()]  # run at every step
         cached = readers if t.teacher_cache else []
         self.batches = BatchPreparer(data, self.augment, {m.input for m in self.models}, keys=bool(cached),
@@ -135,8 +143,16 @@ class Trainer:
         self._stage_optimizer_state: dict | None = None  # for resuming inside a stage
         self.best = {"top1": -1.0, "epoch": 0}
         self.frozen_top1: dict[str, float] = {}  # test top-1 of each frozen model, measured once
-        self.logger = MetricsLogger(self.run_dir, tensorboard=t.tensorboard, enabled=dist.is_main,
-                                    wandb_project=t.wandb_project, config=cfg.model_dump(mode="json"))
+        self.saved: str | None = None  # what the last checkpoint holds ("epoch 3", "stage init, epoch 1")
+        self.attach(run_dir)
+
+    def attach(self, run_dir: Path | None) -> None:
+        """Write into ``run_dir`` from now on (process 0 only): checkpoints, metrics, events. A run is built
+        without a folder, so every check that can fail on a user's input runs before one is made."""
+        self.run_dir = run_dir if self.dist.is_main else None
+        t = self.cfg.train
+        self.logger = MetricsLogger(self.run_dir, tensorboard=t.tensorboard, enabled=self.dist.is_main,
+                                    wandb_project=t.wandb_project, config=self.cfg.model_dump(mode="json"))
 
     # ------------------------------------------------------------------ models by their common names
 
@@ -191,14 +207,14 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("this file is not a distillab training checkpoint (a bare model state dict cannot "
+            raise CheckpointError("this file is not a distillab training checkpoint (a bare model state dict cannot "
                              "resume a run; load it as student.checkpoint instead)")
         self.student.load_state_dict(state["model"])
         saved = state.get("models", {})
         for m in self.models.trainable:
             if m.name != "student":
                 if m.name not in saved:
-                    raise ValueError(f"the checkpoint holds no weights for trainable model {m.name!r}: it was written "
+                    raise CheckpointError(f"the checkpoint holds no weights for trainable model {m.name!r}: it was written "
                                      "by a run with other models")
                 m.module.load_state_dict(saved[m.name])
         self.objective.load_state_dict(state["objective"])
@@ -217,6 +233,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.run_dir is not None:
             save_atomic(self.state_dict(), self.run_dir / "checkpoints" / "last.pt")
+        stage = list(self.stage_done)[-1] if self.epoch == 0 and self.stage_done else None
+        self.saved = f"stage {stage!r}, epoch {self.stage_done[stage]}" if stage else f"epoch {self.epoch}"
 
     def resume(self, path: Path) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
@@ -264,7 +282,7 @@ class Trainer:
             where = f"stage {stage!r}, epoch {epoch}" if stage else f"epoch {epoch}"
             raise NonFiniteLossError(
                 f"non-finite loss in {where} (terms: {', '.join(bad)}): lower optim.lr, check the loss "
-                "weights, or turn off train.bf16; the last good checkpoint is kept in the run folder")
+                "weights, or turn off train.bf16")
         return state
 
     def run_stage(self, stage: StageSpec) -> None:

@@ -114,6 +114,7 @@ class LoadedModel:
     num_classes: int
     data: str | None = None  # the data set it was trained on (distillab files)
     data_options: dict = field(default_factory=dict)
+    data_root: str | None = None  # where that data set was read from (its run's data.root)
     input: str = "input"  # the batch field it was trained to read
     test_top1: float | None = None
 
@@ -168,6 +169,13 @@ def load_model(source: str | Path, *, name: str | None = None, arch: str | None 
 
     path = model_file(source, name)
     meta = load_checkpoint(path, map_location=map_location)
+    saved = meta.get("config") or {}
+    if "arch" not in meta and isinstance(saved.get("student"), dict):  # a training checkpoint (checkpoints/last.pt)
+        section = saved["student"] if name in (None, "student") else (saved.get("models") or {}).get(name, {})
+        meta = {**meta, "arch": section.get("arch"), "options": section.get("options"), "input": section.get("input"),
+                "data": (saved.get("data") or {}).get("name")}
+        if name not in (None, "student"):
+            meta["model"] = (meta.get("models") or {}).get(name, {})
     recorded = meta.get("arch")
     arch = arch or recorded
     if arch is None:
@@ -202,10 +210,11 @@ def load_model(source: str | Path, *, name: str | None = None, arch: str | None 
     except RuntimeError as exc:
         raise CheckpointError(f"{role} checkpoint {str(path)!r} does not fit architecture {arch!r} "
                               f"(options {options}): {exc}") from None
-    saved = meta.get("config") or {}
+    data_cfg = saved.get("data") or {}
     return LoadedModel(model=model, path=path, arch=arch, options=dict(options), num_classes=int(classes),
-                       data=meta.get("data"), data_options=dict((saved.get("data") or {}).get("options") or {}),
-                       input=meta.get("input") or "input", test_top1=meta.get("test_top1"))
+                       data=meta.get("data"), data_options=dict(data_cfg.get("options") or {}),
+                       data_root=data_cfg.get("root"), input=meta.get("input") or "input",
+                       test_top1=meta.get("test_top1"))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -23,6 +23,7 @@ import torch
 import typer
 from torch import nn
 
+from distillab.core.errors import UsageError
 from distillab.models import LoadedModel, load_model
 from distillab.rdx.affinity import rdx_affinities, resolve_gamma
 from distillab.rdx.explain import (DIRECTIONS, NULL_THRESHOLD, FigureData, cluster_composition, explain_direction,
@@ -39,7 +40,7 @@ def parse_classes(text: str | None) -> list[int] | None:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"--classes must be a comma list of integers such as 3,5,8, got {text!r}") from None
+        raise UsageError(f"--classes must be a comma list of integers such as 3,5,8, got {text!r}") from None
 
 
 def parse_gamma(text: str | float) -> float | str:
@@ -50,24 +51,38 @@ def parse_gamma(text: str | float) -> float | str:
     try:
         return float(text)
     except ValueError:
-        raise ValueError(f"--gamma must be a number or 'auto' (80/N), got {text!r}") from None
+        raise UsageError(f"--gamma must be a number or 'auto' (80/N), got {text!r}") from None
 
 
-def sample_subset(bundle, split: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """Raw inputs, labels and indices of ``n`` samples drawn without replacement (seeded) from ``split``.
+def _labels(part) -> torch.Tensor:
+    labels = getattr(part, "labels", None)
+    return labels.cpu() if labels is not None else torch.as_tensor([int(part[i][1]) for i in range(len(part))])
+
+
+def sample_subset(bundle, split: str, n: int, seed: int,
+                  classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Raw inputs, labels and indices of ``n`` samples drawn without replacement (seeded) from ``split``
+    (only samples of the labels ``classes``, when given).
 
     Indices count within the split; for "all", the training set comes first. All samples are used when
     the split holds fewer than ``n``.
     """
     if split not in SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+        raise UsageError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if n < 2:
-        raise ValueError(f"--n must be at least 2, got {n}")
+        raise UsageError(f"--n must be at least 2, got {n}")
     parts = {"train": [bundle.train], "test": [bundle.test], "all": [bundle.train, bundle.test]}[split]
     sizes = [len(p) for p in parts]
     total = sum(sizes)
     gen = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(total, generator=gen)[:min(n, total)].sort().values.numpy()
+    if classes is None:
+        chosen = torch.randperm(total, generator=gen)[:min(n, total)].sort().values.numpy()
+    else:
+        labels = torch.cat([_labels(p) for p in parts])
+        pool = torch.nonzero(torch.isin(labels, torch.as_tensor(classes))).flatten()
+        if len(pool) == 0:
+            raise UsageError(f"no sample of the {split} split has a label in --classes {classes}")
+        chosen = pool[torch.randperm(len(pool), generator=gen)[:min(n, len(pool))]].sort().values.numpy()
     xs, ys, offset = [], [], 0
     for part, size in zip(parts, sizes):
         local = chosen[(chosen >= offset) & (chosen < offset + size)] - offset
@@ -126,7 +141,7 @@ def run_rdx(model_a: str | Path, model_b: str | Path, *, data: str | None = None
 
     report = report or (lambda msg: None)
     if k < 1:
-        raise ValueError(f"--k (clusters besides the null one) must be at least 1, got {k}")
+        raise UsageError(f"--k (clusters besides the null one) must be at least 1, got {k}")
     gamma = parse_gamma(gamma)
     seconds: dict[str, float] = {}
     tic = time.perf_counter()
@@ -135,20 +150,23 @@ def run_rdx(model_a: str | Path, model_b: str | Path, *, data: str | None = None
 
     name = data or a.data
     if name is None:
-        raise ValueError(f"checkpoint {str(a.path)!r} does not record its data set: pass --data")
+        raise UsageError(f"checkpoint {str(a.path)!r} does not record its data set: pass --data")
     options = dict(a.data_options) if name == a.data else {}
+    root = root or (a.data_root if name == a.data else None)  # where model A's run read its data
+    keep = None
     if classes is not None:
-        if "classes" not in dataset_options(name):
-            raise ValueError(f"data set {name!r} has no option 'classes': drop --classes")
-        options["classes"] = classes
+        if "classes" in dataset_options(name):  # the data set keeps (and re-labels) them itself
+            options["classes"] = classes
+        else:  # the samples of those labels are drawn from the whole set
+            keep = classes
     bundle = build_dataset(name, root=root, **options)
     if b.data is not None and b.data != name:
         report(f"note: the student was trained on {b.data!r}, compared here on {name!r}")
-    x_raw, y, indices = sample_subset(bundle, split, n, seed)
+    x_raw, y, indices = sample_subset(bundle, split, n, seed, keep)
     if len(indices) < n:
         report(f"note: the {split} split of {name!r} holds {len(indices)} samples; using all of them (asked {n})")
     if len(indices) < 2 * (k + 1):
-        raise ValueError(f"{len(indices)} samples are too few for {k + 1} clusters: lower --k or use --split all")
+        raise UsageError(f"{len(indices)} samples are too few for {k + 1} clusters: lower --k or use --split all")
 
     dev = resolve_device(device)
     # each classifier keeps the classes it was trained with: RDX reads the embeddings only
