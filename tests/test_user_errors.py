@@ -205,3 +205,24 @@ def test_threads_setting(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ tools follow the run
+
+
+def test_eval_and_rdx_read_the_runs_data_root_and_checkpoints(tmp_path):
+    """A run trained with its own data.root: eval (of the run, of its training checkpoint) and rdx need no flags."""
+    root = tmp_path / "my-data"
+    code, out = invoke("distill", BASELINE, *tiny_overrides(tmp_path / "runs"), f"data.root={root}", "name=r",
+                       "train.checkpoint_every=1")
+    assert code == 0, out
+    run_dir = tmp_path / "runs" / "r"
+    top1 = __import__("json").loads((run_dir / "summary.json").read_text())["test_top1"]
+    for target in (run_dir, run_dir / "checkpoints" / "last.pt"):
+        code, out = invoke("eval", str(target), "--device", "cpu")
+        assert code == 0 and f"top-1 {top1:.2f}%" in out, out
+    code, out = invoke("rdx", str(run_dir), str(run_dir), "--n", "30", "--k", "1", "--out", str(tmp_path / "rdx"),
+                       "--device", "cpu")
+    assert code == 0, out
+    assert list(root.glob("mnist1d-*.npz"))  # generated once, in the run's root ...
+    assert not list((tmp_path / "data").glob("mnist1d-*.npz"))  # ... and never in the default cache

@@ -121,12 +121,13 @@ def distill(
 
 @app.command("eval")
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="model.pt of a run, a run folder, or a foreign state dict"),
+    checkpoint: Path = typer.Argument(..., help="model.pt of a run, a run folder, its checkpoints/last.pt, or a "
+                                                "foreign state dict"),
     data: Optional[str] = typer.Option(None, help="data set (default: the one the model was trained on)"),
     arch: Optional[str] = typer.Option(None, help="architecture (default: read from the checkpoint)"),
     model: Optional[str] = typer.Option(None, help="in a run folder with several trained models, which one "
                                         "(default: the student)"),
-    root: Optional[str] = typer.Option(None, help="data root"),
+    root: Optional[str] = typer.Option(None, help="data root (default: the one the run read)"),
     device: str = typer.Option("auto", help="cpu, cuda, mps or auto"),
 ) -> None:
     """Test top-1 of a trained model."""
@@ -142,7 +143,9 @@ def evaluate(
         data_name = data or loaded.data
         if data_name is None:
             raise ConfigError("this checkpoint does not record its data set: pass --data")
-        bundle = build_dataset(data_name, root=root, **(loaded.data_options if data_name == loaded.data else {}))
+        same = data_name == loaded.data  # the model's own data set: read as its run read it, unless flags say
+        bundle = build_dataset(data_name, root=root or (loaded.data_root if same else None),
+                               **(loaded.data_options if same else {}))
         if bundle.num_classes != loaded.num_classes:
             raise ConfigError(f"{loaded.path} predicts {loaded.num_classes} classes but data set {data_name!r} has "
                               f"{bundle.num_classes}: evaluate it on the data set it was trained on")
