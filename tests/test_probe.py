@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from distillab.config import load_config
 from distillab.models import create_model
-from distillab.probe import parse_options, probe_command, run_probe
+from distillab.cli_tools import probe_command
+from distillab.probe import parse_options, run_probe
 from distillab.runner import run
 
 from conftest import tiny_overrides

@@ -14,7 +14,8 @@ from distillab.models import create_model
 from distillab.rdx.affinity import rdx_affinities
 from distillab.rdx.explain import (FigureData, explain_direction, order_clusters_by_affinity, pca_2d,
                                    representative_neighbourhood, save_direction_figure, spectral_clusters)
-from distillab.rdx.tool import embed, parse_classes, rdx_command, run_rdx
+from distillab.cli_tools import rdx_command
+from distillab.rdx.tool import embed, parse_classes, run_rdx
 
 
 def block_affinity(sizes, within, between=0.05, seed=0):

@@ -9,11 +9,62 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from distillab.cli_common import console, fail, handled
+from distillab.cli_common import console, fail, handled, route_warnings
 from distillab.config import ConfigError, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Knowledge distillation: train teachers, distill students, compare methods.")
+
+PLUGIN_GROUP = "distillab.plugins"  # entry points of installed packages that register models, data, losses, methods
+
+
+def import_plugins(modules: List[str]) -> None:
+    """Import every ``distillab.plugins`` entry point of the installed packages, then ``modules`` (``--import``;
+    the current folder is searched first), so that what they register is known to every command."""
+    import importlib
+    import os
+    from importlib.metadata import entry_points
+
+    from distillab.core.errors import UsageError
+
+    for ep in entry_points(group=PLUGIN_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is named, with what went wrong
+            raise UsageError(f"plugin {ep.name!r} ({ep.value}, entry point group {PLUGIN_GROUP}) failed to load: "
+                             f"{type(exc).__name__}: {exc}") from exc
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name.split(".")[0] and exc.name != name:
+                raise  # the module exists but imports something missing: its own traceback says what
+            raise UsageError(f"--import {name}: no module {name!r} on the path (the current folder and "
+                             "PYTHONPATH are searched): give its dotted name, e.g. --import mypkg.models") from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        import distillab
+
+        console.print(f"distillab {distillab.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    imports: List[str] = typer.Option(None, "--import", envvar="DISTILLAB_IMPORT",
+                                      help="import this module first: it registers your models, data sets, losses "
+                                           "or methods (repeatable; also the DISTILLAB_IMPORT variable)"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """Knowledge distillation: train teachers, distill students, compare methods."""
+    route_warnings()
+    with handled():
+        import_plugins(list(imports or []))
 
 
 def _split(config: Optional[str], overrides: List[str], resume: Optional[Path]) -> tuple[Optional[str], List[str]]:
@@ -258,8 +309,7 @@ def bench(
 
 
 def _register_tools() -> None:
-    from distillab.probe import probe_command
-    from distillab.rdx.tool import rdx_command
+    from distillab.cli_tools import probe_command, rdx_command
 
     app.command("rdx")(rdx_command)
     app.command("probe")(probe_command)

@@ -17,6 +17,16 @@ console = Console()
 USER_ERRORS = (UserError,)
 
 
+def route_warnings() -> None:
+    """Show Python warnings (a clipped option, a deprecation) as one console line each, without their source line."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+        console.print(f"[yellow]warning[/]: {escape(str(message))}", soft_wrap=True)
+
+    warnings.showwarning = show
+
+
 def fail(exc: BaseException) -> None:
     """Print a user error as one line and leave with exit code 2."""
     console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)

@@ -16,21 +16,19 @@ import platform
 import re
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable
 
 import torch
-import typer
 from torch import nn
 from torch.nn import functional as F
 
 from distillab.core.errors import DataError, UsageError
 from distillab.models import LoadedModel, load_model
 
-# Defaults of the probe (features are cached, so many epochs are cheap).
-EPOCHS = 100  # passes over the cached training features
-LR = 1e-2  # AdamW peak learning rate, cosine-annealed to 0
-BATCH_SIZE = 256  # mini-batch of cached features (also the embedding batch)
-WEIGHT_DECAY = 1e-4  # AdamW decoupled weight decay of the linear layer
+from distillab.tool_defaults import PROBE_BATCH_SIZE as BATCH_SIZE
+from distillab.tool_defaults import PROBE_EPOCHS as EPOCHS
+from distillab.tool_defaults import PROBE_LR as LR
+from distillab.tool_defaults import PROBE_WEIGHT_DECAY as WEIGHT_DECAY
 STD_FLOOR = 1e-6  # a feature dimension that never varies is left unscaled, not blown up
 
 
@@ -222,31 +220,3 @@ def format_summary(summary: dict) -> str:
             f"({d['n_train']} train / {d['n_test']} test, {d['num_classes']} classes): test top-1 "
             f"{summary['test_top1']:.2f}%, train top-1 {summary['train_top1']:.2f}%, chance "
             f"{summary['chance_top1']:.2f}%; probe.json in {summary['folder']}")
-
-
-def probe_command(
-    checkpoint: Path = typer.Argument(..., help="model.pt of a run, or its run folder"),
-    data: str = typer.Option(..., help="target data set the linear classifier is trained and tested on"),
-    root: Optional[str] = typer.Option(None, help="data root"),
-    option: List[str] = typer.Option(None, help="target data set option key=value (YAML value), repeatable"),
-    epochs: int = typer.Option(EPOCHS, help="passes over the cached features"),
-    lr: float = typer.Option(LR, help="AdamW learning rate (cosine-annealed)"),
-    batch_size: int = typer.Option(BATCH_SIZE, help="mini-batch size (embedding and probe training)"),
-    weight_decay: float = typer.Option(WEIGHT_DECAY, help="AdamW weight decay"),
-    seed: int = typer.Option(0, help="seed of the probe's shuffling"),
-    device: str = typer.Option("auto", help="cpu, cuda, mps or auto"),
-    resize: bool = typer.Option(False, help="resize target images bilinearly to the model's input size"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default runs/probe-<ckpt>-on-<data>; "
-                                       "never overwritten)"),
-    arch: Optional[str] = typer.Option(None, help="architecture (default: read from the checkpoint)"),
-) -> None:
-    """Linear transfer probe: train a linear classifier on a frozen model's embedding of another data set."""
-    from distillab.cli_common import USER_ERRORS, console, fail
-
-    try:
-        summary = run_probe(checkpoint, data, root=root, data_options=parse_options(option), epochs=epochs, lr=lr,
-                            batch_size=batch_size, weight_decay=weight_decay, seed=seed, device=device,
-                            resize=resize, out=out, arch=arch, report=console.print)
-    except USER_ERRORS as exc:
-        fail(exc)
-    console.print(format_summary(summary), highlight=False)

@@ -27,7 +27,7 @@ from distillab.models import MODELS, create_model, load_model
 from distillab.objective import build_objective
 from distillab.plan import PACKAGED_CONFIGS, ModelPlan, RunPlan, check_plan, find_config  # noqa: F401
 from distillab.registry import RegistryError
-from distillab.store import TeacherStore
+from distillab.store import TeacherStore, teacher_key
 
 
 def build_data(cfg: RunConfig) -> DataBundle:
@@ -35,26 +35,31 @@ def build_data(cfg: RunConfig) -> DataBundle:
     return build_dataset(d.name, root=d.root, download=d.download, **d.options)
 
 
-def build_model(plan: ModelPlan, data: DataBundle, store: TeacherStore) -> nn.Module:
-    """The model of one plan entry for ``data``: built new (from its checkpoint if it names one), or loaded
-    from its checkpoint or from the teacher store."""
+def build_model(plan: ModelPlan, data: DataBundle, store: TeacherStore) -> tuple[nn.Module, dict]:
+    """The model of one plan entry for ``data`` and where it came from (``{"file": ..., "store_key": ...}`` for
+    a loaded one): built new (from its checkpoint if it names one), or loaded from its checkpoint or from the
+    teacher store."""
     if plan.source == "new" and plan.config.checkpoint is None:
         try:
-            return create_model(plan.arch, num_classes=data.num_classes, **plan.options)
+            return create_model(plan.arch, num_classes=data.num_classes, **plan.options), {}
         except RegistryError as exc:
             raise ConfigError(f"{plan.section}.arch: {exc}") from None
         except TypeError as exc:
             raise ConfigError(f"{plan.section}.options: {exc}") from None
+    origin: dict = {}
     if plan.source == "store":
         found = store.find(plan.teacher_config)
         if found is None:  # the closest stored teachers, how to select one, or how to train it
             raise ConfigError(store.miss_message(plan.teacher_config, plan.config.config, plan.config.overrides,
                                                  section=plan.section))
         path = found
+        origin = {"store_key": teacher_key(plan.teacher_config), "config": plan.config.config,
+                  "overrides": list(plan.config.overrides)}
     else:
         path = plan.config.checkpoint
-    return load_model(path, arch=plan.arch, options=plan.options, num_classes=data.num_classes, data=data.name,
-                      role=plan.name if plan.name in ("student", "teacher") else plan.section).model
+    loaded = load_model(path, arch=plan.arch, options=plan.options, num_classes=data.num_classes, data=data.name,
+                        role=plan.name if plan.name in ("student", "teacher") else plan.section)
+    return loaded.model, {"file": str(Path(path).resolve()), **origin}
 
 
 def build_models(plan: RunPlan, data: DataBundle, store: TeacherStore) -> ModelSet:
@@ -62,8 +67,8 @@ def build_models(plan: RunPlan, data: DataBundle, store: TeacherStore) -> ModelS
     before the trainable models', as it always has: a run's student starts from the same weights as before)."""
     order = sorted(plan.models, key=lambda m: m.role == TRAINABLE)
     built = {m.name: build_model(m, data, store) for m in order}
-    return ModelSet([RunModel(m.name, built[m.name], m.role, m.input, m.arch, m.options, m.config.lr,
-                              m.config.weight_decay) for m in plan.models])
+    return ModelSet([RunModel(m.name, built[m.name][0], m.role, m.input, m.arch, m.options, m.config.lr,
+                              m.config.weight_decay, origin=built[m.name][1]) for m in plan.models])
 
 
 def train_missing_teachers(cfg: RunConfig, console=None) -> list[Path]:

@@ -34,6 +34,7 @@ class RunModel:
     lr: float | None = None  # its own learning rate (None: optim.lr)
     weight_decay: float | None = None  # its own weight decay (None: optim.weight_decay)
     taps: dict[str, str] = field(default_factory=dict)  # feature name -> tap address
+    origin: dict = field(default_factory=dict)  # where a loaded model came from: file, store key, its config
 
     @property
     def trainable(self) -> bool:

@@ -408,7 +408,8 @@ class Trainer:
             top1 = (last.get(f"test/{m.name}/top1") if several else last.get("test/top1")) if m.trainable \
                 else self.frozen_top1.get(m.name)
             models[m.name] = {"role": m.role, "arch": m.arch, "input": m.input, "test_top1": top1,
-                              "params": sum(p.numel() for p in m.module.parameters())}
+                              "params": sum(p.numel() for p in m.module.parameters()),
+                              **({"from": dict(m.origin)} if m.origin else {})}
         out = {
             "test_top1": last.get("test/top1"),
             "reported": "last epoch",

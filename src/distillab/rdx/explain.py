@@ -30,8 +30,9 @@ from typing import Sequence
 
 import numpy as np
 
+from distillab.tool_defaults import NULL_THRESHOLD
+
 GRID_SIZE = 9  # samples per explanation grid (3 x 3), as in every RDX config
-NULL_THRESHOLD = 1.5  # cluster 0 is the null cluster when its mean affinity is below this (RDX MNIST configs)
 
 
 @dataclass(frozen=True)

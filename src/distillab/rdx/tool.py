@@ -16,11 +16,10 @@ import math
 import platform
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 import torch
-import typer
 from torch import nn
 
 from distillab.core.errors import UsageError
@@ -249,34 +248,3 @@ def format_summary(folder: Path) -> str:
                          f"{cl['mean_affinity']:.2f}" + (f"; {comp}" if comp else ""))
     lines.append(f"figures and rdx.json in {folder}")
     return "\n".join(lines)
-
-
-def rdx_command(
-    model_a: Path = typer.Argument(..., help="the expert (teacher): model.pt of a run, or its run folder"),
-    model_b: Path = typer.Argument(..., help="the student: model.pt of a run, or its run folder"),
-    data: Optional[str] = typer.Option(None, help="data set (default: the one model_a was trained on)"),
-    root: Optional[str] = typer.Option(None, help="data root"),
-    classes: Optional[str] = typer.Option(None, help="keep only these classes, a comma list such as 3,5,8"),
-    split: str = typer.Option("train", help="where the samples come from: train (as RDX), test or all"),
-    n: int = typer.Option(500, help="number of samples (all of the split if it holds fewer)"),
-    k: int = typer.Option(3, help="clusters per direction besides the extra (null) one"),
-    gamma: str = typer.Option("0.1", help="locally-biased difference scale, or auto (80/N)"),
-    beta: float = typer.Option(5.0, help="affinity exponent"),
-    out: Optional[Path] = typer.Option(None, help="output folder (default runs/rdx-<a>-vs-<b>; never overwritten)"),
-    arch_a: Optional[str] = typer.Option(None, help="architecture of model_a (default: read from the checkpoint)"),
-    arch_b: Optional[str] = typer.Option(None, help="architecture of model_b (default: read from the checkpoint)"),
-    seed: int = typer.Option(0, help="seed of the sample draw and of spectral clustering"),
-    null_threshold: float = typer.Option(NULL_THRESHOLD, help="cluster 0 is the null cluster (grey) when its mean "
-                                         "affinity is below this"),
-    device: str = typer.Option("auto", help="cpu, cuda, mps or auto"),
-) -> None:
-    """RDX: clusters of samples one model groups and the other separates, in both directions, with figures."""
-    from distillab.cli_common import USER_ERRORS, console, fail
-
-    try:
-        folder = run_rdx(model_a, model_b, data=data, root=root, classes=parse_classes(classes), split=split, n=n,
-                         k=k, gamma=gamma, beta=beta, out=out, arch_a=arch_a, arch_b=arch_b, seed=seed,
-                         null_threshold=null_threshold, device=device, report=console.print)
-    except USER_ERRORS as exc:
-        fail(exc)
-    console.print(format_summary(folder), highlight=False)
