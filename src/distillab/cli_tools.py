@@ -35,7 +35,7 @@ def probe_command(
 
         summary = run_probe(checkpoint, data, root=root, data_options=parse_options(option), epochs=epochs, lr=lr,
                             batch_size=batch_size, weight_decay=weight_decay, seed=seed, device=device,
-                            resize=resize, out=out, arch=arch, report=console.print)
+                            resize=resize, out=out, arch=arch, report=console.print, console=console)
     console.print(format_summary(summary), highlight=False)
 
 

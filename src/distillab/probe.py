@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from distillab.core.errors import DataError, UsageError
+from distillab.engine.progress import WorkProgress
 from distillab.models import LoadedModel, load_model
 
 from distillab.tool_defaults import PROBE_BATCH_SIZE as BATCH_SIZE
@@ -72,8 +73,8 @@ def check_input_shape(expected: tuple[int, ...] | None, bundle, resize: bool) ->
 
 @torch.no_grad()
 def extract_features(model: nn.Module, dataset, transform: Callable[[torch.Tensor], torch.Tensor],
-                     device: torch.device, batch_size: int = BATCH_SIZE,
-                     size: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     device: torch.device, batch_size: int = BATCH_SIZE, size: tuple[int, ...] | None = None,
+                     progress: WorkProgress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) of a whole split: the model's pooled embedding tap, eval mode, CPU float32."""
     from distillab.engine.loader import BatchLoader
     from distillab.features import embed_batches
@@ -88,6 +89,8 @@ def extract_features(model: nn.Module, dataset, transform: Callable[[torch.Tenso
             if size is not None:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
             yield x
+            if progress is not None:
+                progress.advance(len(y))
 
     feats = embed_batches(model.to(device), batches())
     return feats, torch.cat(labels)
@@ -95,7 +98,8 @@ def extract_features(model: nn.Module, dataset, transform: Callable[[torch.Tenso
 
 def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, *, epochs: int = EPOCHS,
                        lr: float = LR, batch_size: int = BATCH_SIZE, weight_decay: float = WEIGHT_DECAY,
-                       seed: int = 0, device: torch.device | str = "cpu") -> nn.Linear:
+                       seed: int = 0, device: torch.device | str = "cpu",
+                       progress: WorkProgress | None = None) -> nn.Linear:
     """Softmax regression on (already standardised) features. Zero initialisation and a seeded shuffle
     make it deterministic for a given seed and device."""
     probe = nn.Linear(train_x.shape[1], num_classes).to(device)
@@ -115,6 +119,8 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
             loss.backward()
             opt.step()
             sched.step()
+        if progress is not None:
+            progress.advance()
     return probe.eval()
 
 
@@ -136,14 +142,15 @@ def run_probe(checkpoint: str | Path, data: str, *, root: str | None = None, dat
               epochs: int = EPOCHS, lr: float = LR, batch_size: int = BATCH_SIZE,
               weight_decay: float = WEIGHT_DECAY, seed: int = 0, device: str = "auto", resize: bool = False,
               out: str | Path | None = None, arch: str | None = None,
-              report: Callable[[str], None] | None = print) -> dict:
+              report: Callable[[str], None] | None = print, console=None) -> dict:
     """Linear-probe the frozen embedding of ``checkpoint`` on data set ``data``; return the summary.
 
     data_options: the target data set's options (only these: the checkpoint's own data options are not
     carried over). resize: resize target images bilinearly to the model's input size when only the
     spatial size differs. The summary is also written to ``probe.json`` in a new folder (default
-    runs/probe-<checkpoint>-on-<data>, never overwritten). Raises ValueError or FileNotFoundError, with
-    the fix in the message, for anything the user can correct.
+    runs/probe-<checkpoint>-on-<data>, never overwritten). ``console``: a rich console to show progress on (a
+    bar on a terminal, periodic lines otherwise). Raises a UserError, with the fix in the message, for anything
+    the user can correct.
     """
     from distillab.data import build_dataset
     from distillab.core.files import write_json_atomic
@@ -174,8 +181,9 @@ def run_probe(checkpoint: str | Path, data: str, *, root: str | None = None, dat
 
     tic = time.perf_counter()
     dev = resolve_device(device)
-    train_x, train_y = extract_features(model, bundle.train, bundle.test_transform, dev, batch_size, size)
-    test_x, test_y = extract_features(model, bundle.test, bundle.test_transform, dev, batch_size, size)
+    with WorkProgress(len(bundle.train) + len(bundle.test), f"embedding {data} with {ckpt.arch}", console) as bar:
+        train_x, train_y = extract_features(model, bundle.train, bundle.test_transform, dev, batch_size, size, bar)
+        test_x, test_y = extract_features(model, bundle.test, bundle.test_transform, dev, batch_size, size, bar)
     seconds["embed"] = time.perf_counter() - tic
     if size is not None:
         report(f"note: {data!r} images resized from {tuple(bundle.input_shape[1:])} to {size}")
@@ -183,8 +191,9 @@ def run_probe(checkpoint: str | Path, data: str, *, root: str | None = None, dat
     tic = time.perf_counter()
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(STD_FLOOR)
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    probe = train_linear_probe(train_x, train_y, bundle.num_classes, epochs=epochs, lr=lr, batch_size=batch_size,
-                               weight_decay=weight_decay, seed=seed, device=dev)
+    with WorkProgress(epochs, "training the linear probe (epochs)", console) as bar:
+        probe = train_linear_probe(train_x, train_y, bundle.num_classes, epochs=epochs, lr=lr, batch_size=batch_size,
+                                   weight_decay=weight_decay, seed=seed, device=dev, progress=bar)
     train_top1, test_top1 = top1(probe, train_x, train_y), top1(probe, test_x, test_y)
     seconds["probe"] = time.perf_counter() - tic
 

@@ -92,3 +92,42 @@ class EpochLines:
             self.console.file.flush()
         else:
             print(text, flush=True)
+
+
+class WorkProgress:
+    """A long loop outside training (embedding a data set, fitting a probe): a bar on a terminal, otherwise a
+    plain line at most every ``every_s`` seconds and one at the end. ``console`` None: silent."""
+
+    def __init__(self, total: int, description: str, console: Console | None = None, every_s: float = 10.0) -> None:
+        self.total, self.description, self.console, self.every_s = total, description, console, every_s
+        self.done = 0
+        self._bar: Progress | None = None
+        self._task = None
+        self._tic = self._last = 0.0
+
+    def __enter__(self) -> "WorkProgress":
+        self._tic = self._last = time.perf_counter()
+        if self.console is not None and self.console.is_terminal:
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task(self.description, total=self.total)
+        return self
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+        elif self.console is not None and time.perf_counter() - self._last >= self.every_s:
+            self._last = time.perf_counter()
+            self._line(f"{self.description}: {self.done}/{self.total}")
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+        if self.console is not None and exc[0] is None:
+            self._line(f"{self.description}: {self.done}/{self.total} in {time.perf_counter() - self._tic:.1f} s")
+
+    def _line(self, text: str) -> None:
+        self.console.print(text, soft_wrap=True, highlight=False, markup=False)
+        self.console.file.flush()

@@ -333,7 +333,12 @@ class Trainer:
                              num_workers=self.cfg.data.num_workers, on_device=self.cfg.data.on_device,
                              dist=self.dist, shard="split")
         loader.set_subset(indices)
-        return extract_features(self.models[model], names, loader, self.batches, self.autocast)
+        tic = time.perf_counter()
+        count = len(indices) if indices is not None else len(self.data.train)
+        self.report(f"extracting {', '.join(names)} of {model!r} over {count} training samples ...")
+        out = extract_features(self.models[model], names, loader, self.batches, self.autocast)
+        self.report(f"extracted {', '.join(names)} of {model!r} in {time.perf_counter() - tic:.1f} s")
+        return out
 
     def epoch_context(self, epoch: int) -> EpochContext:
         return EpochContext(epoch=epoch, num_train=len(self.data.train),

@@ -172,18 +172,21 @@ def run_rdx(model_a: str | Path, model_b: str | Path, *, data: str | None = None
     emb_a, emb_b = (embed(ckpt.model, x_raw, bundle.test_transform, dev, role)
                     for ckpt, role in ((a, "model_a"), (b, "model_b")))
     seconds["load_and_embed"] = time.perf_counter() - tic
+    report(f"loaded both models and embedded {len(indices)} samples ({seconds['load_and_embed']:.1f} s)")
 
     tic = time.perf_counter()
     g = float(resolve_gamma(gamma, len(indices)))
     a01, a10 = rdx_affinities(emb_a, emb_b, gamma=g, beta=beta, mode="local")
     affinity = {"10": a10.detach().cpu().double().numpy(), "01": a01.detach().cpu().double().numpy()}
     seconds["affinities"] = time.perf_counter() - tic
+    report(f"RDX affinities ({seconds['affinities']:.1f} s)")
 
     tic = time.perf_counter()
     embeddings = {0: emb_a.double().numpy(), 1: emb_b.double().numpy()}
     explanations = {d: explain_direction(affinity[d], embeddings[DIRECTIONS[d].model], k, d, seed=seed,
                                          null_threshold=null_threshold) for d in ("10", "01")}
     seconds["clustering"] = time.perf_counter() - tic
+    report(f"spectral clustering of both directions ({seconds['clustering']:.1f} s)")
 
     tic = time.perf_counter()
     folder = _output_dir(Path(out) if out is not None else None, a, b)
@@ -196,6 +199,7 @@ def run_rdx(model_a: str | Path, model_b: str | Path, *, data: str | None = None
     save_overview_figure(folder / FIGURES["overview"], [explanations["10"], explanations["01"]],
                          [affinity["10"], affinity["01"]], figure_data)
     seconds["figures"] = time.perf_counter() - tic
+    report(f"figures written ({seconds['figures']:.1f} s)")
 
     summary = {
         "model_a": {"role": "expert (RDX model 0)", **_model_record(a)},
