@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import yaml
 from typer.testing import CliRunner
 
 from distillab.bench import collect, load_suite, run_state, run_suite
-from distillab.bench.aggregate import RunRow, _betainc, aggregate, mean_curve, welch_p
+from distillab.bench.aggregate import Cell, RunRow, _betainc, aggregate, mean_curve, welch_p
+from distillab.bench.cli import _print_cells
+from distillab.bench.report import TABLE_HEAD_LINES, _inline_html, bars_figure, curves_figure
 from distillab.cli import app
 from distillab.config import ConfigError
 from distillab.engine.trainer import Trainer
@@ -177,6 +180,24 @@ def test_interrupted_grid_resumes_and_skips_finished_runs(tmp_path, monkeypatch)
     assert {o.status for o in again["outcomes"]} == {"skipped"}
 
 
+def test_run_interrupted_before_its_first_checkpoint_is_left_new_not_failed(tmp_path, monkeypatch):
+    suite = load_suite(_suite(tmp_path, dict(TINY, seeds=[0])))
+    out = tmp_path / "grid"
+    original = Trainer.train_epoch
+
+    def interrupt(self, epoch, *args, **kwargs):
+        if self.cfg.method.name == "kd":
+            raise KeyboardInterrupt  # Ctrl-C in kd's first epoch: its folder holds a config, no checkpoint
+        return original(self, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, out, report=lambda m: None)
+    kd = out / "runs/p/kd/seed0"
+    assert run_state(out / "runs/p/ce/seed0") == "done"
+    assert run_state(kd) == "new" and not list(kd.rglob("*")) and not list(out.rglob("error.txt"))
+
+
 def test_failed_run_is_reported_not_dropped_and_retried(tmp_path):
     spec = dict(TINY, seeds=[0], pairs=[dict(TINY["pairs"][0], methods=["ce", "kd"],
                                               method_overrides={"kd": ["method.params.kd.temprature=4"]})])
@@ -207,6 +228,18 @@ def test_changed_settings_under_an_existing_grid_are_refused(tmp_path):
         run_suite(suite, out, overrides=["optim.lr=0.01"], report=lambda m: None)
 
 
+def test_suite_store_option_keeps_teachers_inside_the_grid(tmp_path):
+    out = tmp_path / "g"
+    runs, teachers = load_suite(_suite(tmp_path, dict(TINY, store="grid"))).grid(out)
+    assert all(spec.load().store == str(out / "store") for spec in runs)
+    assert all(job.load().store == str(out / "store") for job in teachers.values())
+    runs, teachers = load_suite(_suite(tmp_path)).grid(out)  # default: the user's store
+    assert all(spec.load().store is None for spec in runs) and all(j.load().store is None for j in teachers.values())
+    with pytest.raises(ConfigError, match="store"):
+        load_suite(_suite(tmp_path, dict(TINY, store="elsewhere")))
+    assert load_suite("tiny").spec.store == "grid"
+
+
 def test_tiny_suite_end_to_end_through_the_cli(tmp_path):
     runner = CliRunner()
     out = tmp_path / "tiny"
@@ -222,8 +255,18 @@ def test_tiny_suite_end_to_end_through_the_cli(tmp_path):
     assert set(cells) == {"ce", "kd", "crd"}
     assert all(c["n"] == "2" and c["n_failed"] == "0" for c in cells.values())
     assert all(0.0 <= float(c["last_mean"]) <= 100.0 and c["last_std"] != "" for c in cells.values())
+    # its numbers say something: a teacher far above chance (10 %), and KD above the labels-only student
+    teacher = {float(r["teacher_top1"]) for r in csv.DictReader(open(out / "runs.csv")) if r["teacher_top1"]}
+    assert len(teacher) == 1 and teacher.pop() > 75.0
+    assert all(float(c["last_mean"]) > 40.0 for c in cells.values())
+    assert float(cells["kd"]["last_mean"]) > float(cells["ce"]["last_mean"]) + 5.0
+    # the tiny teacher stays in the grid's own store, never in the user's
+    assert list((out / "store").rglob("model.pt")) and not (tmp_path / "home" / "teachers").exists()
+    # one plain line per finished run, whole
+    assert len(re.findall(r"^  cnn1d_w32-cnn1d_small_w10/\w+/seed\d: \d+\.\d\d% \(\d+ s\)$", res.output, re.M)) == 6
     html = (out / "report/report.html").read_text()
     assert html.count("data:image/png;base64,") == 2  # bar chart and curves, embedded
+    assert "`" not in html and "<code>distillab bench tiny" in html  # Markdown code spans become <code>
     md = (out / "report/report.md").read_text()
     assert "| kd |" in md and "## Failed runs\n\nNone." in md
     assert (out / "report/bars_cnn1d_w32-cnn1d_small_w10.png").stat().st_size > 1000
@@ -240,3 +283,67 @@ def test_collect_lists_unfinished_runs(tmp_path):
     rows, cells, paths = collect(suite, runs, tmp_path / "g", teachers, command="x")
     assert rows[0].status == "missing" and cells[0].n_missing == 1
     assert "not finished yet" in paths["md"].read_text()
+
+
+# ------------------------------------------------------------------ report
+
+
+def _cells() -> list[Cell]:
+    return aggregate(_rows(), {("p", "kd"): 73.33})
+
+
+def test_bar_chart_accuracy_axis_starts_at_zero():
+    import matplotlib.pyplot as plt
+
+    fig = bars_figure([c for c in _cells() if c.pair == "p"], "p", teacher=90.0)
+    ax = fig.axes[0]
+    left, right = ax.get_xlim()
+    assert left == 0.0 and 90.0 <= right <= 100.0  # the teacher line is inside, the axis stops at 100 %
+    assert {t.get_text() for t in ax.texts} >= {"71.2", "74.6"}  # each bar's mean is written on it
+    plt.close(fig)
+
+
+def test_learning_curves_use_whole_epochs(tmp_path):
+    import matplotlib.pyplot as plt
+
+    folders = {}
+    for method in ("ce", "kd"):
+        for seed in (0, 1):
+            d = tmp_path / method / str(seed)
+            d.mkdir(parents=True)
+            (d / "metrics.csv").write_text("epoch,test/top1\n1,40.0\n2,55.0\n")
+            folders.setdefault(method, []).append(str(d))
+    cells = [c for c in _cells() if c.pair == "p" and c.method in folders]
+    fig = curves_figure(cells, folders, "p")
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 2
+    for ax in visible:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    plt.close(fig)
+
+
+def test_markdown_code_spans_become_html_code():
+    assert _inline_html("command: `distillab bench <x>`") == "command: <code>distillab bench &lt;x&gt;</code>"
+    assert _inline_html("no code") == "no code"
+    assert _inline_html("an odd ` tick") == "an odd ` tick"  # unpaired: left as it is
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_results_table_cuts_no_header_on_a_narrow_console(terminal):
+    from io import StringIO
+
+    from rich.console import Console
+
+    cells = _cells()
+    for c in cells:
+        c.method = {"kd": "dml:ensemble"}.get(c.method, c.method)  # a long row label, as a paradigm suite has
+    buf = StringIO()
+    _print_cells(load_suite("tiny"), cells, Console(file=buf, width=60, force_terminal=terminal, color_system=None))
+    text = buf.getvalue()
+    assert "…" not in text
+    if terminal:  # folded onto more lines, within the terminal's width
+        assert max(len(line) for line in text.splitlines()) <= 60
+    else:  # a file or a pipe: at its natural width, every header line whole, one line per row
+        assert all(line in text for lines in TABLE_HEAD_LINES for line in lines)
+        assert re.search(r"^dml:ensemble +\d+\.\d\d ± \d+\.\d\d +\d+\.\d\d ± \d+\.\d\d +4 ", text, re.M), text

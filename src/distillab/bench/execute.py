@@ -5,6 +5,12 @@ stopped: ``summary.json`` means finished (skipped), ``checkpoints/last.pt`` mean
 ``error.txt`` without a checkpoint means failed (started again; the error stays on record until then).
 Each run's resolved config is compared with the one its folder holds: a grid whose settings changed under
 an existing folder is refused instead of mixing two settings in one table.
+
+Ctrl-C is decided by this process alone: worker processes ignore SIGINT (a Ctrl-C in a terminal reaches the
+whole process group, and a worker interrupted in the middle of an import would record a spurious failure).
+On an interrupt the queued runs are cancelled, the workers are stopped, and each run that was in flight is
+left resumable: its checkpoint, if it wrote one, is kept; otherwise its folder is emptied, so it counts as
+new. No interrupted run is recorded as failed.
 """
 
 from __future__ import annotations
@@ -12,14 +18,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from distillab.bench.suite import RunSpec, TeacherJob
 from distillab.config import ConfigError, load_config
@@ -139,8 +147,53 @@ def ensure_teacher(job: TeacherJob, report: Callable[[str], None]) -> tuple[bool
 def _init_worker(threads: int) -> None:
     import torch
 
+    # only the parent decides what a Ctrl-C does (it stops this process itself); SIGINT came blocked from the
+    # parent (see _sigint_blocked), so no interrupt reached this process while it was starting either
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Hold back SIGINT while worker processes are started: a started process inherits the blocked signal (and
+    ignores it once its initializer runs); a Ctrl-C in the meantime is delivered here when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks (and no process groups to reach)
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued runs and end the worker processes now (SIGTERM: a checkpoint is written atomically,
+    so a run stopped mid-write keeps its previous one). The executor has no public way to stop its workers
+    before Python 3.14 (``terminate_workers``): its process table is read before shutdown() drops it."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in processes:
+        p.terminate()
+    for p in processes:
+        p.join(timeout=10)
+        if p.is_alive():  # stuck where SIGTERM cannot reach it
+            p.kill()
+            p.join()
+    if manager is not None:  # it sees the workers gone, fails what they held and ends
+        manager.join(timeout=30)
+
+
+def _leave_resumable(folders: list[Path]) -> None:
+    """After an interrupt: a run that was in flight keeps its checkpoint (or its result, had it just finished);
+    one without either is emptied, so it is new to the next invocation, never failed."""
+    for folder in folders:
+        if run_state(folder) == NEW:
+            _clear(folder)
 
 
 def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, workers: int = 1,
@@ -157,7 +210,11 @@ def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, worker
     for job in teachers.values():
         if job.key not in needed:
             continue
-        ok, msg = ensure_teacher(job, report)
+        try:
+            ok, msg = ensure_teacher(job, report)
+        except KeyboardInterrupt:
+            _leave_resumable([job.folder])
+            raise
         report(msg)
         if not ok:
             failed_teachers[job.key] = msg
@@ -182,16 +239,24 @@ def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, worker
 
     if workers <= 1:
         for spec in todo:
-            out = execute_run(spec, threads)
+            try:
+                out = execute_run(spec, threads)
+            except KeyboardInterrupt:
+                _leave_resumable([spec.folder])
+                raise
             outcomes.append(out)
             if on_outcome:
                 on_outcome(out, spec)
         return outcomes
 
     per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_init_worker, initargs=(per_worker,)) as pool:
-        futures = {pool.submit(execute_run, spec): spec for spec in todo}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                               initializer=_init_worker, initargs=(per_worker,))
+    futures: dict[Future, RunSpec] = {}
+    try:
+        with _sigint_blocked():  # the workers are started by submit()
+            for spec in todo:
+                futures[pool.submit(execute_run, spec)] = spec
         for fut in as_completed(futures):
             spec = futures[fut]
             try:
@@ -205,4 +270,11 @@ def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, worker
             outcomes.append(out)
             if on_outcome:
                 on_outcome(out, spec)
+    except KeyboardInterrupt:
+        # runs handed to a worker (running, or next in its queue) cannot be cancelled: they are stopped
+        in_flight = [spec for fut, spec in futures.items() if not fut.done()]
+        _stop_pool(pool)
+        _leave_resumable([spec.folder for spec in in_flight])
+        raise
+    pool.shutdown(wait=True)
     return outcomes

@@ -42,8 +42,11 @@ def ranked(cells: list[Cell], metric: str = "last") -> list[Cell]:
     return base + rest
 
 
-TABLE_HEAD = ["method", "last epoch (mean ± std)", "best epoch (mean ± std)", "runs", "Δ vs labels-only",
-              "p (Welch)", "published", "train s/run"]
+# each column's header in the lines a console shows it on (its width is then the longest line, not the whole
+# header); the Markdown and HTML tables join the lines
+TABLE_HEAD_LINES = [("method",), ("last epoch", "(mean ± std)"), ("best epoch", "(mean ± std)"), ("runs",),
+                    ("Δ vs", "labels-only"), ("p", "(Welch)"), ("published",), ("train", "s/run")]
+TABLE_HEAD = [" ".join(lines) for lines in TABLE_HEAD_LINES]
 
 
 def table_rows(cells: list[Cell], metric: str) -> list[list[str]]:
@@ -57,13 +60,19 @@ def table_rows(cells: list[Cell], metric: str) -> list[list[str]]:
     return rows
 
 
-def plot_bars(cells: list[Cell], path: Path, title: str, teacher: float | None, metric: str = "last") -> Path:
-    """Horizontal bars (mean) with error bars (std); published values as diamonds; teacher/baseline lines."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def bars_figure(cells: list[Cell], title: str, teacher: float | None, metric: str = "last"):
+    """Horizontal bars (mean, printed on the bar) with error bars (std) on an accuracy axis from 0; published
+    values as diamonds; teacher and labels-only lines. Returns the figure."""
+    plt = _pyplot()
     order = [c for c in reversed(ranked(cells, metric)) if (c.last_mean if metric == "last" else c.best_mean) is not None]
     means = [c.last_mean if metric == "last" else c.best_mean for c in order]
     stds = [(c.last_std if metric == "last" else c.best_std) or 0.0 for c in order]
@@ -80,9 +89,13 @@ def plot_bars(cells: list[Cell], path: Path, title: str, teacher: float | None, 
                    label="labels only")
     if teacher is not None:
         ax.axvline(teacher, color="black", ls=":", lw=1, label=f"teacher {teacher:.1f}")
-    lo = min([m - s for m, s in zip(means, stds)] + [v for _, v in pub] or [0])
     hi = max([m + s for m, s in zip(means, stds)] + [v for _, v in pub] + ([teacher] if teacher else []) or [100])
-    ax.set_xlim(max(0.0, lo - 0.08 * (hi - lo) - 1), hi + 0.05 * (hi - lo) + 0.5)
+    right = max(hi, min(100.0, 1.05 * hi + 0.5))
+    ax.set_xlim(0.0, right)  # from 0: bar lengths compare as the accuracies do
+    for i, (m, s) in enumerate(zip(means, stds)):  # on a 0-based axis close values are read from the numbers
+        inside = m > 0.12 * right
+        ax.text(0.01 * right if inside else m + s + 0.01 * right, i, f"{m:.1f}", va="center", ha="left",
+                color="white" if inside else "black", fontsize=7)
     ax.set_yticks(range(len(order)), [c.method for c in order], fontsize=8)
     ax.set_xlabel(f"test top-1 (%), {metric} epoch, mean ± std over seeds")
     ax.set_title(title, fontsize=10)
@@ -90,19 +103,16 @@ def plot_bars(cells: list[Cell], path: Path, title: str, teacher: float | None, 
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_curves(cells: list[Cell], folders: dict[str, list[str]], path: Path, title: str,
-                columns: dict[str, str] | None = None) -> Path:
-    """Small multiples: each method's mean test curve (band: std over seeds) against the baseline's;
-    ``columns``: the metrics column of a row whose curve is not ``test/top1`` (another model of a run)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def curves_figure(cells: list[Cell], folders: dict[str, list[str]], title: str,
+                  columns: dict[str, str] | None = None):
+    """Small multiples: each method's mean test curve (band: std over seeds) against the baseline's, epochs as
+    whole numbers; ``columns``: the metrics column of a row whose curve is not ``test/top1`` (another model of a
+    run). Returns the figure."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
 
     methods = [c.method for c in cells if c.n > 0]
     base = mean_curve(folders.get(BASELINE, [])) if BASELINE in folders else None
@@ -122,21 +132,45 @@ def plot_curves(cells: list[Cell], folders: dict[str, list[str]], path: Path, ti
         ax.set_title(method, fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5 on a short run's axis
     for ax in axes[-1]:
         ax.set_xlabel("epoch", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("test top-1 (%)", fontsize=8)
     fig.suptitle(f"{title}  (dashed: labels only; band: ± std over seeds)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def _save(fig, path: Path, dpi: int) -> Path:
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
     return path
+
+
+def plot_bars(cells: list[Cell], path: Path, title: str, teacher: float | None, metric: str = "last") -> Path:
+    """The bar chart (:func:`bars_figure`) as a PNG."""
+    return _save(bars_figure(cells, title, teacher, metric), path, dpi=110)
+
+
+def plot_curves(cells: list[Cell], folders: dict[str, list[str]], path: Path, title: str,
+                columns: dict[str, str] | None = None) -> Path:
+    """The learning curves (:func:`curves_figure`) as a PNG."""
+    return _save(curves_figure(cells, folders, title, columns), path, dpi=100)
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _inline_html(text: str) -> str:
+    """One line of the Markdown report as HTML: escaped, its `code` spans as <code> elements."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick is text, not the start of a span
+        return html.escape(text)
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
 
 
 def _html_table(head: list[str], rows: list[list[str]]) -> str:
@@ -183,8 +217,9 @@ def write_report(out: Path, suite, cells: list[Cell], runs: list[RunRow], teache
            f"{sorted({r.seed for r in runs})}; Δ and Welch's p compare the last epoch with the labels-only student (`ce`)",
            ""]
     html_parts = [f"<h1>Benchmark suite <code>{html.escape(suite.name)}</code></h1>",
-                  f"<p>{html.escape(suite.spec.description.strip())}</p>" if suite.spec.description else "",
-                  "<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>" for line in md[-6:-1]) + "</ul>"]
+                  f"<p>{_inline_html(suite.spec.description.strip())}</p>" if suite.spec.description else "",
+                  f"<p>{_inline_html(suite.spec.hardware_note.strip())}</p>" if suite.spec.hardware_note else "",
+                  "<ul>" + "".join(f"<li>{_inline_html(line[2:])}</li>" for line in md[-6:-1]) + "</ul>"]
     for pair in pairs:
         pcells = [c for c in cells if c.pair == pair]
         spec = suite.pair(pair)
@@ -206,7 +241,7 @@ def write_report(out: Path, suite, cells: list[Cell], runs: list[RunRow], teache
         rows = table_rows(pcells, metric)
         md += [f"## {pair}", "", head_line + ("  " + spec.note if spec.note else ""), "", _md_table(TABLE_HEAD, rows),
                "", f"![bar chart]({bars.name})", "", f"![learning curves]({curves.name})", ""]
-        html_parts += [f"<h2>{html.escape(pair)}</h2>", f"<p>{html.escape(head_line)} {html.escape(spec.note)}</p>",
+        html_parts += [f"<h2>{html.escape(pair)}</h2>", f"<p>{_inline_html(head_line)} {_inline_html(spec.note)}</p>",
                        _html_table(TABLE_HEAD, rows), _img(bars), _img(curves)]
     md += ["## Failed runs", ""]
     if failed:

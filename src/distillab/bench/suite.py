@@ -6,6 +6,7 @@ A suite is a YAML file (the shipped ones live in ``configs/suites/``)::
     seeds: [0, 1, 2, 3, 4]
     overrides: [data.options.num_samples=10000]   # every run, the teachers' included
     run_overrides: [train.checkpoint_every=10]    # the students' runs only
+    store: global                                 # teacher store: global (the user's) or grid (<out>/store)
     pairs:
       - name: cnn1d_w32-cnn1d_w6
         teacher: mnist1d/teacher_cnn1d.yaml       # trained once (its own seed), then found in the store
@@ -23,6 +24,11 @@ A suite is a YAML file (the shipped ones live in ``configs/suites/``)::
 Every run gets the pair's student (``student.arch``/``student.options``), the pair's teacher config with
 the overrides it was trained under (so the store finds exactly that teacher), the seed, and a fixed run
 folder ``<out>/runs/<pair>/<label>/seed<k>`` that makes the grid resumable.
+
+``store``: where the grid's teachers are trained into and looked up. ``global`` (the default) is the user's
+teacher store, shared with ``distillab distill`` (a teacher trained once serves every later grid and run);
+``grid`` is ``<out>/store``, private to the grid folder: for suites whose teachers are too small to be of use
+elsewhere (``tiny``), so they never land where a later ``distill`` would find them.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -86,6 +92,7 @@ class SuiteSpec(_Strict):
     pairs: list[PairSpec]
     command: str = ""  # how to run it, shown in the report
     hardware_note: str = ""
+    store: Literal["global", "grid"] = "global"  # teacher store: the user's, or <out>/store (see above)
 
     @field_validator("metric")
     @classmethod
@@ -169,6 +176,11 @@ class Suite:
             return None
         return pair.teacher if not pair.teacher_overrides else f"{pair.teacher} {json.dumps(pair.teacher_overrides)}"
 
+    def every_run(self, out: Path) -> list[str]:
+        """The overrides of every run of the grid, the teachers' included: the suite's, after the store's."""
+        store = [f"store={Path(out) / 'store'}"] if self.spec.store == "grid" else []
+        return [*store, *self.spec.overrides]
+
     def teacher_jobs(self, out: Path, extra: list[str]) -> dict[str, TeacherJob]:
         """One job per distinct teacher (several pairs may share a teacher)."""
         jobs: dict[str, TeacherJob] = {}
@@ -176,7 +188,7 @@ class Suite:
             key = self.teacher_key(pair)
             if key and key not in jobs:
                 digest = hashlib.sha1(key.encode()).hexdigest()[:8] if pair.teacher_overrides else ""
-                jobs[key] = TeacherJob(pair.teacher, [*self.spec.overrides, *extra, *pair.teacher_overrides],
+                jobs[key] = TeacherJob(pair.teacher, [*self.every_run(out), *extra, *pair.teacher_overrides],
                                        out / "teachers" / "-".join(filter(None, [Path(pair.teacher).stem, digest])))
         return jobs
 
@@ -224,7 +236,7 @@ class Suite:
                 row_overrides = pair.method_overrides.get(label, [])
                 base = [f"student.arch={pair.student['arch']}",
                         f"student.options={json.dumps(pair.student['options'])}"]
-                tail = [*self.spec.overrides, *pair.overrides, *row_overrides, *self.spec.run_overrides, *extra]
+                tail = [*self.every_run(out), *pair.overrides, *row_overrides, *self.spec.run_overrides, *extra]
                 base_cfg = load_config(path, row_overrides)
                 method, has_teacher = base_cfg.method.name, base_cfg.teacher is not None
                 tov = ([f"teacher.config={pair.teacher}", f"teacher.overrides={json.dumps(teacher.overrides)}"]
@@ -257,7 +269,7 @@ class Suite:
         for section, m in found:
             if m.config is None or m.checkpoint is not None:
                 continue
-            job = TeacherJob(m.config, [*self.spec.overrides, *extra, *m.overrides], out / "teachers")
+            job = TeacherJob(m.config, [*self.every_run(out), *extra, *m.overrides], out / "teachers")
             job = teachers.setdefault(job.key, job)
             if job.folder == out / "teachers":  # a new job: a folder named after its config and overrides
                 digest = hashlib.sha1(job.key.encode()).hexdigest()[:8] if m.overrides else ""
