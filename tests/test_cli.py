@@ -29,6 +29,8 @@ def test_demo_tiny(tmp_path):
     folder = tmp_path / "demo"
     result = json.loads((folder / "demo.json").read_text())
     assert set(result["rows"]) == {"teacher", "student", "kd"}
+    top1 = {name: row["test_top1"] for name, row in result["rows"].items()}
+    assert top1["teacher"] > 50 and top1["kd"] > 30 and top1["student"] > 20, top1  # far above chance (10 %)
     assert (folder / "learning_curves.png").stat().st_size > 1000
     # a second demo reuses the stored teacher
     code, out = invoke("demo", "--tiny", "--out", tmp_path, "train.progress=false", "train.tensorboard=false")

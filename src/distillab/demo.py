@@ -23,7 +23,9 @@ from distillab.store import StoreError, TeacherStore, differences
 TEACHER = "configs/mnist1d/teacher_cnn1d.yaml"
 BASELINE = "configs/mnist1d/student_baseline.yaml"
 KD = "configs/mnist1d/kd.yaml"
-TINY = ["train.epochs=1", "data.options.num_samples=400"]  # a seconds-long check of the whole path
+# a seconds-long run of the whole path that still shows something real (idle 2-core CPU: about 5 s; teacher
+# about 75 %, KD well above the labels-only student)
+TINY = ["train.epochs=6", "data.options.num_samples=2000", "optim.lr=0.1", "train.batch_size=64"]
 LOCAL_STORE = "demo-teachers"  # inside the output folder: teachers trained otherwise than the shipped config
 
 
