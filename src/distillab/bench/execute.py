@@ -135,7 +135,7 @@ def ensure_teacher(job: TeacherJob, report: Callable[[str], None]) -> tuple[bool
         else:
             report(f"training teacher {job.config} ...")
             summary, _ = _train_in(job.folder, cfg)
-        path = store.put(cfg, job.folder / "model.pt", summary)
+        path = store.put(cfg, job.folder / "model.pt", summary, config=job.config, overrides=job.overrides)
         return True, (f"teacher {job.config}: trained, test top-1 {summary['test_top1']:.2f} "
                       f"({time.perf_counter() - tic:.0f} s), stored at {path}")
     except KeyboardInterrupt:
