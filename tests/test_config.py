@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from distillab.config import ConfigError, MethodConfig, load_config, parse_override
 from distillab.objective import build_objective
@@ -83,5 +84,12 @@ def test_every_shipped_config_validates():
     files = [p for p in PACKAGED_CONFIGS.rglob("*.yaml") if not p.name.startswith("_")
              and p.parent.name != "suites"]
     assert files
+    pipelines = [p for p in files if "steps" in (yaml.safe_load(p.read_text()) or {})]
+    assert pipelines  # pipelines (a list of steps) are checked by loading them as pipelines
+    from distillab.pipeline import load_pipeline
+
     for p in files:
-        load_config(p)
+        if p in pipelines:
+            load_pipeline(p)
+        else:
+            load_config(p)

@@ -24,8 +24,8 @@ from distillab.runner import PACKAGED_CONFIGS, build_models
 from distillab.store import TeacherStore
 
 METHOD_NAMES = [m for m in METHODS.names() if not m.startswith("_")]
-MNIST1D_CONFIG = {"ce": "student_baseline"}
-CIFAR_CONFIG = {"ce": "student_resnet8x4"}
+MNIST1D_CONFIG = {"ce": "student_baseline", "ban": "ban_generation"}  # ban.yaml is the pipeline of generations
+CIFAR_CONFIG = {"ce": "student_resnet8x4", "ban": "ban_generation_resnet8x4"}
 
 
 def mnist1d_config(method: str):

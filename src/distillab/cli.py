@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -282,6 +283,50 @@ def demo(
 
     with handled():
         run_demo(out, (TINY if tiny else []) + list(overrides or []), console=console)
+
+
+@app.command()
+def pipeline(
+    file: str = typer.Argument(..., help="a pipeline YAML (e.g. configs/mnist1d/ban.yaml)"),
+    overrides: List[str] = typer.Argument(None, help="dotted overrides for every run step (e.g. train.device=cuda)"),
+    out: Optional[Path] = typer.Option(None, help="pipeline folder (default runs/pipelines/<name>); rerun to resume"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="check the pipeline and list its steps in order; run nothing"),
+) -> None:
+    """Run a pipeline of steps (born-again generations, teacher-assistant chains, data steps), each in its own
+    folder: finished steps are skipped, an interrupted one resumes, changed settings are refused."""
+    import shlex
+
+    from distillab.pipeline import load_pipeline, run_pipeline, step_state
+
+    with handled():
+        pipe = load_pipeline(file)
+        if overrides:
+            pipe.spec.overrides = [*pipe.spec.overrides, *overrides]
+        folder = out or Path("runs") / "pipelines" / pipe.name
+        table = Table(title=f"pipeline {pipe.name}: {pipe.spec.description}".rstrip(": "), box=None)
+        for col in ("step", "command", "state", "what"):
+            table.add_column(col)
+        for name in pipe.order:
+            step = pipe.step(name)
+            what = step.config or json.dumps(step.params)[:60]
+            table.add_row(name, step.command, step_state(folder / name), what)
+        console.print(table)
+        if dry_run:
+            return
+        command = shlex.join(["distillab", "pipeline", file, *(overrides or []), *(["--out", str(out)] if out else [])])
+        summary = run_pipeline(pipe, folder, console=console, report=lambda m: console.print(m, soft_wrap=True,
+                                                                                            highlight=False),
+                               command=command)
+    result = Table(title=f"pipeline {pipe.name}: results ({folder})", box=None)
+    for col in ("step", "command", "test top-1", "time (s)"):
+        result.add_column(col)
+    for name, r in summary["steps"].items():
+        top1 = r.get("test_top1")
+        result.add_row(name, r["command"], f"{top1:.2f}" if isinstance(top1, (int, float)) else str(r.get("arch", "-")),
+                       f"{r['seconds']:.0f}")
+    for name, e in summary["ensembles"].items():
+        result.add_row(name, "ensemble", f"{e['test_top1']:.2f}", "-")
+    console.print(result)
 
 
 @app.command()

@@ -345,6 +345,18 @@ register_method(
 )
 
 
+# ---------------------------------------------------------------------------- born-again networks
+
+register_method(
+    "ban",
+    "born-again networks: CE to the previous generation's softmax at T = 1, no labels (the paper's main variant)",
+    {"soft_ce": ("soft_ce", 1.0, {"temperature": 1.0})},
+    reference="Furlanello et al. 2018 (arXiv 1805.04770): generation k minimises CE(f_{k-1}(x), f_k(x)); "
+              "pipelines chain the generations (distillab pipeline configs/mnist1d/ban.yaml)",
+    paradigm="born_again",
+)
+
+
 # ---------------------------------------------------------------------------- teacher-free KD
 
 TFKD_REFERENCE = ("Yuan et al. 2020 (arXiv 1909.11723); yuanli2333/Teacher-free-Knowledge-Distillation "
