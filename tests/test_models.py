@@ -26,7 +26,7 @@ def test_every_family_is_registered():
     expected = {
         "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
         "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
-        "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet50", "cnn1d", "cnn1d_small", "mlp1d", "cnn_digits",
+        "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet50", "cnn1d", "cnn1d_small", "mlp1d", "mlp", "cnn_digits",
     }
     assert set(NAMES) == expected
     assert all(MODELS.entry(n).description for n in NAMES)
@@ -181,6 +181,11 @@ def test_unknown_name_suggests_close_matches():
 def test_factories_take_input_kwargs():
     assert create_model("cnn1d", 5, in_channels=2, length=64).input_shape == (2, 64)
     assert create_model("mlp1d", 5, length=20, hidden=(16,)).feature_info[0].channels == 16
+    vector_mlp = create_model("mlp", 3, input_features=13, hidden=(16, 8), norm=False)
+    assert vector_mlp.input_shape == (13,) and vector_mlp.embedding_dim == 8
+    assert [(s.name, s.channels, s.stride, s.bn) for s in vector_mlp.feature_info] == [
+        ("hidden.0", 16, 1, None), ("hidden.1", 8, 1, None)]
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in vector_mlp.modules())
     assert create_model("cnn_digits", 5, size=16).input_shape == (1, 16, 16)
     vgg = create_model("vgg8", 10, input_size=64)
     assert vgg.feature_info[-1].stride == 16

@@ -1,11 +1,14 @@
-"""Small models for small data: MNIST-1D signals (1, 40) and scikit-learn digits (1, 8, 8).
+"""Small models for small data: MNIST-1D signals (1, 40), scikit-learn digits (1, 8, 8) and tabular
+feature vectors (D,).
 
 Every hidden stage ends in a parameter-free ReLU module (``act``), so ``<stage>.act:input`` is its
-pre-activation. A flat (MLP) feature counts as fully reduced: its stride is the whole input length.
+pre-activation. A flat (MLP) feature counts as fully reduced: its stride is the product of the input's
+spatial sizes (the length of a signal; 1 for a feature vector, which has none).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -54,21 +57,26 @@ class LinearBNAct(nn.Module):
 
 class MLP(ZooModel):
     """Flatten, hidden linear-BN-ReLU layers, linear classifier (``norm=False``: no BatchNorm, so a
-    sample's output does not depend on the rest of its batch)."""
+    sample's output does not depend on the rest of its batch).
 
-    def __init__(self, num_classes: int, in_channels: int, length: int, hidden: Sequence[int],
+    input_shape: one sample's shape, ``(channels, length)`` for a signal or ``(features,)`` for a vector;
+    the first layer reads all its values flattened.
+    """
+
+    def __init__(self, num_classes: int, input_shape: Sequence[int], hidden: Sequence[int],
                  norm: bool = True) -> None:
         super().__init__()
-        sizes = [in_channels * length, *hidden]
+        sizes = [math.prod(input_shape), *hidden]
         self.hidden = nn.Sequential(*(LinearBNAct(a, b, norm) for a, b in zip(sizes[:-1], sizes[1:])))
         self.fc = nn.Linear(sizes[-1], num_classes)
         init_conv_bn(self)
 
         self.num_classes = num_classes
-        self.input_shape = (in_channels, length)
+        self.input_shape = tuple(int(n) for n in input_shape)
         self.embedding_dim = sizes[-1]
         self.head = "fc"
-        self.feature_info = [FeatureStage(f"hidden.{i}", h, length, preact=f"hidden.{i}.act:input",
+        reduced = math.prod(self.input_shape[1:])  # a flat feature is fully reduced (1: a vector has no spatial axis)
+        self.feature_info = [FeatureStage(f"hidden.{i}", h, reduced, preact=f"hidden.{i}.act:input",
                                           bn=f"hidden.{i}.bn" if norm else None) for i, h in enumerate(hidden)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +96,14 @@ def cnn1d_small(num_classes: int, in_channels: int = 1, length: int = 40, width:
 @MODELS.register("mlp1d", description="MLP on the flattened MNIST-1D signal")
 def mlp1d(num_classes: int, in_channels: int = 1, length: int = 40, hidden: Sequence[int] = (128, 128),
           norm: bool = True) -> MLP:
-    return MLP(num_classes, in_channels, length, hidden, norm)
+    return MLP(num_classes, (in_channels, length), hidden, norm)
+
+
+@MODELS.register("mlp", description="MLP on a feature vector (tabular data): hidden linear-BN-ReLU layers")
+def mlp(num_classes: int, input_features: int = 30, hidden: Sequence[int] = (64,), norm: bool = True) -> MLP:
+    """input_features: length of the input vector (30: breast_cancer; wine has 13, digits_vector 64).
+    hidden: sizes of the hidden layers. norm: BatchNorm before each ReLU."""
+    return MLP(num_classes, (input_features,), hidden, norm)
 
 
 @MODELS.register("cnn_digits", description="2-D CNN for 8x8 scikit-learn digits: three conv-BN-ReLU stages")
