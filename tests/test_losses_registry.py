@@ -66,8 +66,10 @@ def test_every_loss_binds_sets_up_and_trains_only_what_it_should(loss, models):
     x = torch.randn(BATCH, 3, 32, 32, generator=g)
     index = torch.randperm(NUM_TRAIN, generator=g)[:BATCH]
     outputs = _outputs(term, models, x)
+    fields = {"input": x, **{f: torch.softmax(torch.randn(BATCH, NUM_CLASSES, generator=g), 1)  # stored soft targets
+                             for f in term.input_fields}}
     batch = Batch(x, labels[index], index, outputs.get(roles["student"]), outputs.get(roles["teacher"]), epoch=30,
-                  outputs=outputs)
+                  outputs=outputs, fields=fields)
     term.train()
     out = term(batch)
     parts = out if isinstance(out, dict) else {"value": out}

@@ -13,7 +13,8 @@ from distillab.features import parse_tap, probe_shapes, resolve_module
 from distillab.models import MODELS, ZooModel, count_parameters, create_model, load_state_dict_compat
 from distillab.registry import RegistryError
 
-NAMES = MODELS.names()
+NAMES = [n for n in MODELS.names() if MODELS.entry(n).meta.get("kind", "classifier") == "classifier"]
+GENERATORS = [n for n in MODELS.names() if n not in NAMES]  # noise in, inputs out (data-free distillation)
 
 
 @functools.lru_cache(maxsize=None)
@@ -202,3 +203,18 @@ def test_stage_bn_is_a_batchnorm_over_the_stage_channels(name):
             bn = resolve_module(model, s.bn)
             assert isinstance(bn, nn.modules.batchnorm._BatchNorm), (s, bn)
             assert bn.num_features == s.channels, (s, bn)
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+@pytest.mark.parametrize("shape", [(1, 40), (3, 32, 32), (1, 8, 8)])
+def test_generators_make_batches_shaped_like_the_data(name, shape):
+    gen = create_model(name, out_shape=shape)
+    z = torch.randn(4, gen.nz)
+    out = gen(z)
+    assert out.shape == (4, *shape) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in gen.parameters() if p.requires_grad)
+
+
+def test_generators_are_registered_as_such():
+    assert GENERATORS == ["dfad_generator"]

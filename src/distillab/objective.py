@@ -69,6 +69,10 @@ class Objective(nn.Module):
                 names += [f for f in features if f not in names]
         return out
 
+    def fields(self) -> set[str]:
+        """Batch fields the terms read themselves (besides the models' inputs)."""
+        return {f for term in self.terms.values() for f in term.input_fields}
+
     def needs(self) -> set[str]:
         """The models this objective uses at all: those its terms read, and the teacher where the data
         schedule ranks samples with it."""

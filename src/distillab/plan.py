@@ -166,6 +166,12 @@ def check_plan(cfg: RunConfig) -> RunPlan:
         if m.input not in fields:
             raise ConfigError(f"{m.section}.input: data set {cfg.data.name!r} does not provide input {m.input!r} "
                               f"(it provides: {', '.join(fields)}){_field_hint(cfg.data.name, m.input)}")
+    for name, term in objective.terms.items():
+        for f in term.input_fields:
+            if f not in fields:
+                raise ConfigError(f"method term {name!r} reads the batch field {f!r}, which data set "
+                                  f"{cfg.data.name!r} does not provide (it provides: {', '.join(fields)})"
+                                  f"{_field_hint(cfg.data.name, f)}")
     trainable = {m.name for m in models if m.role == TRAINABLE}
     terms = set(objective.terms)
     for stage in objective.stages:

@@ -130,8 +130,8 @@ class Trainer:
             raise ConfigError(f"data.augment_variants: {exc}") from None
         readers = [m for m in self.models.frozen if m.name in objective.reads()]  # run at every step
         cached = readers if t.teacher_cache else []
-        self.batches = BatchPreparer(data, self.augment, {m.input for m in self.models}, keys=bool(cached),
-                                     memory_format=memory_format)
+        self.batches = BatchPreparer(data, self.augment, {m.input for m in self.models} | objective.fields(),
+                                     keys=bool(cached), memory_format=memory_format)
         self.frozen = FrozenModels(readers, {m.name: build_cache(
             m, shapes[m.name], num_samples=len(data.train), key_space=self.augment.key_space,
             num_classes=data.num_classes, dtype=t.teacher_cache_dtype, device=self.device,

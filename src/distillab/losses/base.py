@@ -45,6 +45,7 @@ class LossTerm(nn.Module):
     needs_teacher: ClassVar[bool] = True
     student_features: tuple[str, ...] = ()
     teacher_features: tuple[str, ...] = ()
+    input_fields: tuple[str, ...] = ()  # batch fields the term reads itself (``batch.fields[name]``), e.g. soft targets
     roles: Mapping[str, str] = {"student": "student", "teacher": "teacher"}  # role -> model name
 
     def bind(self, models: Mapping[str, str]) -> None:

@@ -471,3 +471,42 @@ register_method(
     reference=TFKD_REFERENCE + ", experiments/kd_experiments/resnet18_distill/resnet18_self_teacher/params.json",
     paradigm="teacher_free",
 )
+
+
+# ---------------------------------------------------------------------------- model compression
+
+
+@LOSSES.register("soft_target", description="CE to soft targets stored with the data (model compression, offline KD)")
+class SoftTarget(LossTerm):
+    """Model compression (Buciluǎ, Caruana & Niculescu-Mizil, "Model Compression", KDD 2006): a small model
+    learns from a large ensemble's predictions on a transfer set (MUNGE pseudo-data plus the training set),
+    labelled once, offline. The targets q (probabilities, shape (B, C)) come with the data, as the batch field
+    ``field`` (the ``tensors`` data set's ``soft``):
+
+        L = -(1/B) * sum_i sum_c q_{i,c} log softmax(z_s,i / T)_c,    T = 1 by default.
+
+    No teacher network runs during training. The paper trains its mimic network on the ensemble's labels of
+    the transfer set; the exact loss it used is not checked here (cross-entropy to the probabilities is this
+    project's choice, the usual one since Hinton et al. 2015).
+    """
+
+    needs_teacher = False
+
+    def __init__(self, temperature: float = 1.0, field: str = "soft") -> None:
+        super().__init__()
+        _check_temperature(temperature)
+        self.temperature, self.field = temperature, field
+        self.input_fields = (field,)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        targets = batch.fields[self.field].float()
+        return -(targets * _log_probs(batch.student.logits, self.temperature)).sum(dim=1).mean()
+
+
+register_method(
+    "compress",
+    "model compression: CE to an ensemble's probabilities stored with a (MUNGE) transfer set, no teacher at run time",
+    {"soft_target": ("soft_target", 1.0)},
+    reference="Bucilua, Caruana & Niculescu-Mizil 2006 (KDD); the transfer set by the munge pipeline step",
+    paradigm="compression",
+)

@@ -54,11 +54,17 @@ class ZooModel(nn.Module):
         return f"{self.head}:input"
 
 
-def create_model(name: str, num_classes: int, **kwargs) -> ZooModel:
-    """Build a registered model by name. The one way in."""
+def model_kind(name: str) -> str:
+    """``classifier`` (the zoo's networks) or ``generator`` (noise in, inputs out: data-free distillation)."""
+    return MODELS.entry(name).meta.get("kind", "classifier")
+
+
+def create_model(name: str, num_classes: int | None = None, **kwargs) -> ZooModel:
+    """Build a registered model by name. The one way in. Generators take no ``num_classes``."""
     factory = MODELS.get(name)
-    model = factory(num_classes=num_classes, **kwargs)
-    return model
+    if model_kind(name) == "generator":
+        return factory(**kwargs)
+    return factory(num_classes=num_classes, **kwargs)
 
 
 def init_conv_bn(module: nn.Module) -> None:
