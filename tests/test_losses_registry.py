@@ -15,7 +15,8 @@ from distillab.losses import LOSSES
 from distillab.models import create_model
 
 LOSS_NAMES = LOSSES.names()
-ROLES = {"student": TRAINABLE, "peer": TRAINABLE, "teacher": FROZEN, "teacher2": FROZEN}
+# a run with every kind of model a term may read: peers, several teachers, a generator (data-free terms)
+ROLES = {"student": TRAINABLE, "peer": TRAINABLE, "generator": TRAINABLE, "teacher": FROZEN, "teacher2": FROZEN}
 NUM_CLASSES, BATCH, NUM_TRAIN = 10, 8, 64
 
 

@@ -290,6 +290,7 @@ def pipeline(
     file: str = typer.Argument(..., help="a pipeline YAML (e.g. configs/mnist1d/ban.yaml)"),
     overrides: List[str] = typer.Argument(None, help="dotted overrides for every run step (e.g. train.device=cuda)"),
     out: Optional[Path] = typer.Option(None, help="pipeline folder (default runs/pipelines/<name>); rerun to resume"),
+    var: List[str] = typer.Option(None, "--var", help="NAME=VALUE: change one of the pipeline's `vars` (repeatable)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="check the pipeline and list its steps in order; run nothing"),
 ) -> None:
     """Run a pipeline of steps (born-again generations, teacher-assistant chains, data steps), each in its own
@@ -299,7 +300,7 @@ def pipeline(
     from distillab.pipeline import load_pipeline, run_pipeline, step_state
 
     with handled():
-        pipe = load_pipeline(file)
+        pipe = load_pipeline(file, list(var or []))
         if overrides:
             pipe.spec.overrides = [*pipe.spec.overrides, *overrides]
         folder = out or Path("runs") / "pipelines" / pipe.name
@@ -313,7 +314,8 @@ def pipeline(
         console.print(table)
         if dry_run:
             return
-        command = shlex.join(["distillab", "pipeline", file, *(overrides or []), *(["--out", str(out)] if out else [])])
+        command = shlex.join(["distillab", "pipeline", file, *(overrides or []), *(["--out", str(out)] if out else []),
+                              *(w for v in var or [] for w in ("--var", v))])
         summary = run_pipeline(pipe, folder, console=console, report=lambda m: console.print(m, soft_wrap=True,
                                                                                             highlight=False),
                                command=command)

@@ -44,6 +44,35 @@ class DataConfig(Section):
         return v
 
 
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw", "adam"] = "sgd"  # adam: L2-coupled weight decay, as torch.optim.Adam
+    lr: float = Field(0.05, ge=0)  # CRD protocol: 0.05 (0.01 for MobileNetV2 / ShuffleNet students)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam / AdamW only
+    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
+    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])  # epochs where lr *= gamma
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: int = Field(0, ge=0)  # linear warm-up from lr/100 (cosine and multistep alike)
+    min_lr: float = Field(0.0, ge=0)  # cosine floor
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError("both must lie in [0, 1)")
+        return v
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, v: list[int]) -> list[int]:
+        if any(m < 0 for m in v):
+            raise ValueError("epochs must be >= 0")
+        return v
+
+
+
 MODEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_MODEL_NAMES = ("student", "teacher", "ensemble")  # the two sections, and the ensemble's metrics line
 
@@ -55,6 +84,7 @@ class ModelConfig(Section):
     input: str = "input"  # the batch field this model reads (a data set may provide more, e.g. a privileged view)
     lr: float | None = Field(None, ge=0)  # this model's learning rate (None: optim.lr); trainable models only
     weight_decay: float | None = Field(None, ge=0)  # this model's weight decay (None: optim.weight_decay); trainable only
+    optim: OptimConfig | None = None  # this model's own optimiser and schedule (a GAN-style generator's Adam)
 
 
 class TeacherConfig(ModelConfig):
@@ -79,34 +109,6 @@ class MethodConfig(Section):
     schedule: dict[str, Any] = Field(default_factory=dict)  # data schedule options; {name: ...} picks another
     step: str | None = None  # the training step (`joint`: one update of every trainable model; `sequential`:
     #                          one model after the other, DML's paper order); None: the method's own
-
-
-class OptimConfig(Section):
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.05, ge=0)  # CRD protocol: 0.05 (0.01 for MobileNetV2 / ShuffleNet students)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
-    schedule: Literal["multistep", "cosine", "constant"] = "multistep"
-    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210])  # epochs where lr *= gamma
-    gamma: float = Field(0.1, gt=0)
-    warmup_epochs: int = Field(0, ge=0)  # linear warm-up from lr/100 (cosine and multistep alike)
-    min_lr: float = Field(0.0, ge=0)  # cosine floor
-
-    @field_validator("betas")
-    @classmethod
-    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0 <= b < 1 for b in v):
-            raise ValueError("both must lie in [0, 1)")
-        return v
-
-    @field_validator("milestones")
-    @classmethod
-    def _milestones(cls, v: list[int]) -> list[int]:
-        if any(m < 0 for m in v):
-            raise ValueError("epochs must be >= 0")
-        return v
 
 
 class TrainConfig(Section):

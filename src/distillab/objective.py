@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from distillab.config import ConfigError, MethodConfig
-from distillab.engine.steps import STEPS
+from distillab.core.steps import STEPS
 from distillab.losses import LOSSES, Batch, EpochContext, LossTerm, SetupContext
 from distillab.losses.base import ROLES
 from distillab.methods import METHODS, StageSpec
@@ -68,6 +68,11 @@ class Objective(nn.Module):
                 names = out.setdefault(model, [])
                 names += [f for f in features if f not in names]
         return out
+
+    @property
+    def data_free_steps(self) -> int | None:
+        """Steps per epoch of a method that makes its own training inputs (a term with ``data_free``), else None."""
+        return next((int(t.iterations_per_epoch) for t in self.terms.values() if getattr(t, "data_free", False)), None)
 
     def fields(self) -> set[str]:
         """Batch fields the terms read themselves (besides the models' inputs)."""

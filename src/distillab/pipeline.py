@@ -37,12 +37,13 @@ from typing import Any, Callable
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from distillab.config import ConfigError, RunConfig, load_config, to_yaml
+from distillab.config import ConfigError, RunConfig, load_config
 from distillab.core.files import write_json_atomic, write_text_atomic
 from distillab.registry import Registry, unknown_name_message
 
 REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_-]*)\.([A-Za-z_][A-Za-z0-9_.]*)\}")
 RUN_COMMANDS = ("train-teacher", "distill")
+VARS = "vars"  # ${vars.NAME}: a value of the pipeline's `vars`
 RUN_OUTPUTS = ("model", "run")
 DONE, PARTIAL, NEW = "done", "partial", "new"
 
@@ -67,11 +68,15 @@ class StepSpec(_Strict):
     def _name(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", v):
             raise ValueError("a step name is letters, digits, _ and - (starting with a letter or _)")
+        if v == VARS:
+            raise ValueError("'vars' names the pipeline's variables (${vars.NAME}), not a step")
         return v
 
 
 class PipelineSpec(_Strict):
     description: str = ""
+    vars: dict[str, Any] = Field(default_factory=dict)  # ${vars.NAME} in steps; `--var NAME=VALUE` changes one
+    result: str | None = None  # the step whose model is the pipeline's result (bench rows report it)
     overrides: list[str] = Field(default_factory=list)  # every run step's, before its own
     steps: list[StepSpec]
     ensembles: dict[str, list[str]] = Field(default_factory=dict)  # name -> steps whose models are averaged
@@ -142,6 +147,11 @@ def _check(spec: PipelineSpec, source: str) -> list[str]:
                 raise ConfigError(f"{where}: a {step.command!r} step takes `params`, not config/overrides/store")
         deps[step.name] = []
         for ref_step, output in _refs(step):
+            if ref_step == VARS:
+                if output not in spec.vars:
+                    raise ConfigError(f"{where} refers to ${{vars.{output}}}, but the pipeline's `vars` have "
+                                      f"{', '.join(spec.vars) or 'none'}")
+                continue
             if ref_step not in names:
                 raise ConfigError(f"{where} refers to ${{{ref_step}.{output}}}, but there is no step {ref_step!r}: "
                                   + unknown_name_message("step", ref_step, names).split(": ", 1)[1])
@@ -154,6 +164,8 @@ def _check(spec: PipelineSpec, source: str) -> list[str]:
             deps[step.name].append(ref_step)
         if step.command in RUN_COMMANDS and not REF.search(step.config):
             find_config(step.config)  # the file exists (its contents are checked when the step starts)
+    if spec.result is not None and spec.result not in names:
+        raise ConfigError(f"pipeline {source}: result {spec.result!r} is not a step (steps: {', '.join(names)})")
     for name, members in spec.ensembles.items():
         unknown = [m for m in members if m not in names]
         if unknown or len(members) < 2:
@@ -184,8 +196,9 @@ def _order(deps: dict[str, list[str]], names: list[str], source: str) -> list[st
     return order
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
-    """A pipeline file, every step and reference checked (nothing runs)."""
+def load_pipeline(path: str | Path, variables: list[str] | None = None) -> Pipeline:
+    """A pipeline file, every step and reference checked (nothing runs). ``variables``: ``NAME=VALUE`` changes of
+    its ``vars`` (values parsed as YAML; a name the file does not define is refused)."""
     from distillab.plan import find_config
 
     path = find_config(path)
@@ -203,6 +216,12 @@ def load_pipeline(path: str | Path) -> Pipeline:
         raise ConfigError("\n".join(lines)) from None
     import distillab.pipeline_steps  # noqa: F401 - registers the data steps
 
+    for text in variables or []:
+        name, sep, value = text.partition("=")
+        if not sep or name not in spec.vars:
+            raise ConfigError(f"--var {text!r}: give NAME=VALUE for a variable of the pipeline's `vars` "
+                              f"({', '.join(spec.vars) or 'it has none'})")
+        spec.vars[name] = yaml.safe_load(value)
     return Pipeline(path.stem, spec, path, _check(spec, str(path)))
 
 
@@ -292,7 +311,7 @@ def _run_steps(pipe: Pipeline, out: Path, console, report: Callable[[str], None]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "pipeline.yaml", yaml.safe_dump(pipe.spec.model_dump(mode="json"), sort_keys=False))
-    outputs: dict[str, dict[str, Any]] = {}
+    outputs: dict[str, dict[str, Any]] = {VARS: dict(pipe.spec.vars)}
     results: dict[str, dict[str, Any]] = {}
     ctx = StepContext(report=report, console=console, overrides=list(pipe.spec.overrides))
     for name in pipe.order:
@@ -340,8 +359,8 @@ def _run_steps(pipe: Pipeline, out: Path, console, report: Callable[[str], None]
             results[name] = {"command": step.command, **{k: v for k, v in made.items() if k != "outputs"},
                              "folder": str(folder), "seconds": round(time.perf_counter() - tic, 1)}
     ensembles = {name: evaluate_ensemble([out / m for m in members]) for name, members in pipe.spec.ensembles.items()}
-    summary = {"pipeline": str(pipe.path), "description": pipe.spec.description, "order": pipe.order,
-               "steps": results, "ensembles": ensembles}
+    summary = {"pipeline": str(pipe.path), "description": pipe.spec.description, "vars": dict(pipe.spec.vars),
+               "order": pipe.order, "result": pipe.spec.result, "steps": results, "ensembles": ensembles}
     write_json_atomic(out / "pipeline.json", summary)
     return summary
 

@@ -70,8 +70,8 @@ class RunPlan:
 def _frozen_plan(name: str, section: str, t: TeacherConfig, cfg: RunConfig) -> ModelPlan:
     """A frozen model: by checkpoint (arch from the config, the file or its training config) or by its
     training config in the store."""
-    if t.lr is not None or t.weight_decay is not None:
-        key = "lr" if t.lr is not None else "weight_decay"
+    if t.lr is not None or t.weight_decay is not None or t.optim is not None:
+        key = "lr" if t.lr is not None else "weight_decay" if t.weight_decay is not None else "optim"
         raise ConfigError(f"{section}.{key}: {name!r} is frozen, so it has no optimiser settings: remove {key}, "
                           "or make it trainable (an entry of `models` with role: trainable)")
     if t.checkpoint is None and t.config is None:
@@ -129,7 +129,8 @@ def _check_model_options(plan: ModelPlan) -> None:
         factory = MODELS.get(plan.arch)
     except RegistryError as exc:
         raise ConfigError(f"{plan.section}.arch: {exc}") from None
-    check_options(factory, plan.options, f"{plan.section}.options", f"model {plan.arch!r}", skip=("num_classes",))
+    check_options(factory, plan.options, f"{plan.section}.options", f"model {plan.arch!r}",
+                  skip=("num_classes", "out_shape"))  # given by the data set
 
 
 def check_data(cfg: RunConfig) -> tuple[str, ...]:
@@ -162,7 +163,17 @@ def check_plan(cfg: RunConfig) -> RunPlan:
     models = [m for m in configured if m.role == TRAINABLE or m.name in needed]
     for m in models:
         _check_model_options(m)
+    from distillab.models import model_kind
+
     for m in models:
+        if model_kind(m.arch) == "generator":
+            if m.name == "student":
+                raise ConfigError(f"student.arch: {m.arch!r} is a generator, not a classifier: the student is the "
+                                  "classifier being distilled (put generators under `models:`)")
+            if m.role != TRAINABLE:
+                raise ConfigError(f"{m.section}: {m.arch!r} is a generator; generators are trained with the student "
+                                  "(role: trainable)")
+            continue  # a generator reads noise its method draws, not a batch field
         if m.input not in fields:
             raise ConfigError(f"{m.section}.input: data set {cfg.data.name!r} does not provide input {m.input!r} "
                               f"(it provides: {', '.join(fields)}){_field_hint(cfg.data.name, m.input)}")

@@ -23,7 +23,7 @@ from distillab.engine.models import ModelSet, RunModel
 from distillab.engine.progress import EpochLines, TrainingProgress
 from distillab.engine.rundir import create_run_dir
 from distillab.engine.trainer import Trainer
-from distillab.models import MODELS, create_model, load_model
+from distillab.models import MODELS, create_model, load_model, model_kind
 from distillab.objective import build_objective
 from distillab.plan import PACKAGED_CONFIGS, ModelPlan, RunPlan, check_plan, find_config  # noqa: F401
 from distillab.registry import RegistryError
@@ -40,8 +40,11 @@ def build_model(plan: ModelPlan, data: DataBundle, store: TeacherStore) -> tuple
     a loaded one): built new (from its checkpoint if it names one), or loaded from its checkpoint or from the
     teacher store."""
     if plan.source == "new" and plan.config.checkpoint is None:
+        options = dict(plan.options)
+        if model_kind(plan.arch) == "generator":  # it makes inputs shaped like the data set's
+            options.setdefault("out_shape", list(data.input_shape))
         try:
-            return create_model(plan.arch, num_classes=data.num_classes, **plan.options), {}
+            return create_model(plan.arch, num_classes=data.num_classes, **options), {}
         except RegistryError as exc:
             raise ConfigError(f"{plan.section}.arch: {exc}") from None
         except TypeError as exc:
@@ -68,7 +71,8 @@ def build_models(plan: RunPlan, data: DataBundle, store: TeacherStore) -> ModelS
     order = sorted(plan.models, key=lambda m: m.role == TRAINABLE)
     built = {m.name: build_model(m, data, store) for m in order}
     return ModelSet([RunModel(m.name, built[m.name][0], m.role, m.input, m.arch, m.options, m.config.lr,
-                              m.config.weight_decay, origin=built[m.name][1]) for m in plan.models])
+                              m.config.weight_decay, origin=built[m.name][1], optim=m.config.optim,
+                              kind=model_kind(m.arch)) for m in plan.models])
 
 
 def train_missing_teachers(cfg: RunConfig, console=None) -> list[Path]:
@@ -268,6 +272,7 @@ def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path |
 def save_models(trainer: Trainer, cfg: RunConfig, data: DataBundle, run_dir: Path, summary: dict) -> None:
     """Every trainable model's final weights, each recording its architecture, options, input, classes and
     data set: ``model.pt`` (the student's) and, with several, ``models/<name>.pt`` for each of them."""
+    several = len(trainer.models.trainable) > 1
     for m in trainer.models.trainable:
         record = {"model": m.module.state_dict(), "arch": m.arch, "options": m.options, "input": m.input,
                   "num_classes": data.num_classes, "data": cfg.data.name,
@@ -275,7 +280,7 @@ def save_models(trainer: Trainer, cfg: RunConfig, data: DataBundle, run_dir: Pat
         if m.name != "student":
             record["name"] = m.name
         save_atomic(record, run_dir / "model.pt" if m.name == "student" else run_dir / "models" / f"{m.name}.pt")
-    if len(trainer.models.trainable) > 1:  # models/ then holds them all: the student's is model.pt, linked
+    if several:  # models/ then holds them all: the student's is model.pt, linked
         link = run_dir / "models" / "student.pt"
         link.unlink(missing_ok=True)
         try:

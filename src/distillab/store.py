@@ -30,7 +30,7 @@ _UNKEYED_TRAIN = {"device", "progress", "tensorboard", "checkpoint_every", "eval
 _UNKEYED_TOP = {"name", "out_dir", "store", "teacher", "models"}
 # Settings added later: in the key only when set away from their default, so older keys stay valid.
 _KEYED_UNLESS_DEFAULT = {"data": {"augment_variants": None}, "method": {"step": None},
-                         "student": {"input": "input", "lr": None, "weight_decay": None}}
+                         "student": {"input": "input", "lr": None, "weight_decay": None, "optim": None}}
 
 RECORD = "record.json"
 MODEL = "model.pt"

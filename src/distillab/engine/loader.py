@@ -123,3 +123,27 @@ class BatchLoader:
             batch = {MAIN_INPUT: x, LABEL: torch.as_tensor(y), INDEX: torch.as_tensor(idx),
                      **(item[3] if len(item) > 3 else {})}
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+class SyntheticSteps:
+    """The loader of a method that makes its own training inputs (data-free distillation): ``steps`` batches an
+    epoch, each only ``batch_size`` sample indices and placeholder labels; the method's step draws the inputs."""
+
+    def __init__(self, steps: int, batch_size: int, device: torch.device) -> None:
+        self.steps, self.batch_size, self.device = int(steps), int(batch_size), device
+        self.subset = None
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+    def set_subset(self, indices) -> None:
+        if indices is not None:
+            raise ValueError("a data-free method has no training samples to choose from")
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for _ in range(self.steps):
+            index = torch.arange(self.batch_size, device=self.device)
+            yield {INDEX: index, LABEL: torch.zeros_like(index)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -35,6 +35,12 @@ class RunModel:
     weight_decay: float | None = None  # its own weight decay (None: optim.weight_decay)
     taps: dict[str, str] = field(default_factory=dict)  # feature name -> tap address
     origin: dict = field(default_factory=dict)  # where a loaded model came from: file, store key, its config
+    optim: Any = None  # its own optimiser settings (an OptimConfig), or None: the run's optimiser
+    kind: str = "classifier"  # or "generator" (noise in, inputs out): trained, never evaluated
+
+    @property
+    def classifier(self) -> bool:
+        return self.kind == "classifier"
 
     @property
     def trainable(self) -> bool:
@@ -87,6 +93,11 @@ class ModelSet:
     def frozen(self) -> list[RunModel]:
         return [m for m in self if not m.trainable]
 
+    @property
+    def evaluated(self) -> list[RunModel]:
+        """The trainable classifiers: evaluated every epoch, their ensemble scored (generators are not)."""
+        return [m for m in self.trainable if m.classifier]
+
     def keep(self, names: set[str]) -> "ModelSet":
         """Every trainable model and the frozen models in ``names`` (the others are not used)."""
         return ModelSet([m for m in self if m.trainable or m.name in names])
@@ -118,15 +129,17 @@ class ModelSet:
             m.taps = taps
 
     def probe(self, field_shape: Callable[[str], tuple[int, ...]], device: torch.device) -> dict[str, dict]:
-        """Probed shapes of every model's taps: name -> {feature: shape}."""
-        return {m.name: probe_shapes(m.module, m.taps, field_shape(m.input), device) for m in self}
+        """Probed shapes of every model's taps: name -> {feature: shape} (generators read no batch field: none)."""
+        return {m.name: probe_shapes(m.module, m.taps, field_shape(m.input), device) if m.classifier else {}
+                for m in self}
 
     def parameter_groups(self, extra: list[nn.Parameter]) -> list[dict]:
         """The optimiser's groups: trainable models that share the default lr / weight decay form one group
         (followed by ``extra``, the objective's parameters); a model with its own settings gets its own."""
         groups: dict[tuple, list[nn.Parameter]] = {}
         for m in self.trainable:
-            groups.setdefault((m.lr, m.weight_decay), []).extend(m.module.parameters())
+            if m.optim is None:  # models with their own optimiser are left to it
+                groups.setdefault((m.lr, m.weight_decay), []).extend(m.module.parameters())
         groups.setdefault((None, None), []).extend(extra)
         out = []
         for (lr, wd), params in groups.items():

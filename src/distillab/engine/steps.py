@@ -1,78 +1,39 @@
-"""Training steps: what the one loop does with one batch, a named extension point of the loop.
-
-A step receives a :class:`StepRunner` bound to the batch and returns ``(total, logs, logits)`` for
-logging. ``runner.forward(grad)`` runs every model and the objective once, with gradients only for the
-trainable models named in ``grad`` (the others give constant targets); ``runner.update(total)`` takes
-one optimiser step on whatever received gradients. A method names its step in its preset
-(``register_method(..., step=...)``) and a config can pick another (``method.step``).
-
-* ``joint`` (default): one forward of every model, one update of every trainable model.
-* ``sequential``: the trainable models are updated one after the other, each against the *current*
-  outputs of the others (Deep Mutual Learning's order in its paper: update peer 1, recompute its
-  predictions, update peer 2, ...). A model's own BatchNorm statistics move once per batch, in its own
-  update; when it only provides targets its statistics are left alone. Costs K forward passes of each
-  of the K models per batch.
-"""
+"""The engine's side of training steps (:mod:`distillab.core.steps`): the runner a step gets for one batch."""
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
 from distillab.core.contract import MAIN_INPUT, Batch, ModelOutputs
+from distillab.core.steps import StepResult
 from distillab.engine.models import ModelSet, frozen_batchnorm_stats
-from distillab.registry import Registry
-
-STEPS: Registry = Registry("training step")
-
-StepResult = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]
-
-
-class StepRunner(Protocol):
-    trainable: Sequence[str]  # the run's trainable models, in run order
-
-    def forward(self, grad: Sequence[str]) -> StepResult: ...
-
-    def update(self, total: torch.Tensor) -> None: ...
-
-
-@STEPS.register("joint", description="one forward of every model, one update of every trainable model")
-def joint(run: StepRunner) -> StepResult:
-    total, logs, logits = run.forward(run.trainable)
-    run.update(total)
-    return total, logs, logits
-
-
-@STEPS.register("sequential", description="update the trainable models one after the other (DML's paper order)")
-def sequential(run: StepRunner) -> StepResult:
-    first: StepResult | None = None
-    for name in run.trainable:
-        # only `name` has gradients: the total's gradient is that of the terms on `name`'s outputs
-        total, logs, logits = run.forward([name])
-        run.update(total)
-        first = first or (total, logs, logits)
-    assert first is not None
-    return first  # logged as seen before any update of this batch, like a joint step
-
-
-Step = Callable[[StepRunner], StepResult]
 
 
 class BatchRunner:
     """The :class:`StepRunner` of one batch. ``forward`` runs the trainable models (those without gradients
     this time first, under no_grad and without moving their BatchNorm statistics) through ``step_module``
     (the DDP-wrapped :class:`~distillab.engine.models.TrainableStep`) and the objective on the batch with
-    every model's outputs (the frozen ones' given as ``frozen``); ``update`` steps ``optimizer``."""
+    every model's outputs (the frozen ones' given as ``frozen``); ``update`` takes an optimiser step.
+
+    For steps of their own: ``models`` (the run's models by name), ``rng`` (a generator seeded by the run's seed
+    and the epoch: what a step draws, e.g. a generator's noise, is the same on a resumed run), ``batch_size``,
+    ``labels`` (what ``train/top1`` is measured against: a step without data may set it, e.g. to the teacher's
+    predictions), ``optimizers`` ("" is the run's optimiser; models with their own are under their names).
+    """
 
     def __init__(self, *, models: ModelSet, objective: nn.Module, step_module: nn.Module, autocast: Callable,
-                 optimizer: torch.optim.Optimizer, fields: dict[str, torch.Tensor], labels: torch.Tensor,
-                 index: torch.Tensor, frozen: dict[str, ModelOutputs], taps: dict, epoch: int) -> None:
+                 optimizers: dict[str, torch.optim.Optimizer], fields: dict[str, torch.Tensor],
+                 labels: torch.Tensor, index: torch.Tensor, frozen: dict[str, ModelOutputs], taps: dict, epoch: int,
+                 rng: torch.Generator | None = None) -> None:
         self.models, self.objective, self.step_module = models, objective, step_module
-        self.autocast, self.optimizer = autocast, optimizer
+        self.autocast, self.optimizers = autocast, optimizers
         self.fields, self.labels, self.index, self.frozen, self.taps, self.epoch = fields, labels, index, frozen, taps, epoch
-        self.trainable = [m.name for m in models.trainable]
+        self.rng = rng
+        self.batch_size = len(index)
+        self.trainable = [m.name for m in models.trainable if m.classifier]
 
     def forward(self, grad: Sequence[str]) -> StepResult:
         with self.autocast():
@@ -91,7 +52,12 @@ class BatchRunner:
         total, logs = self.objective(batch)
         return total, logs, {n: outputs[n].logits for n in self.trainable}
 
-    def update(self, total: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def update(self, total: torch.Tensor, models: Sequence[str] | None = None) -> None:
+        """Backpropagate ``total`` and step the optimisers: all of them, or only those that own ``models`` (a
+        generator's step must not move the student, which its loss also reaches)."""
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
         total.backward()
-        self.optimizer.step()
+        keys = set(self.optimizers) if models is None else {m if m in self.optimizers else "" for m in models}
+        for key in keys:
+            self.optimizers[key].step()

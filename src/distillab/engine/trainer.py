@@ -30,14 +30,15 @@ from distillab.data.base import DataBundle
 from distillab.engine.batches import BatchPreparer
 from distillab.engine.device import autocast, resolve_device, rng_state, set_rng_state
 from distillab.engine.evaluation import ENSEMBLE, evaluate_models, extract_features
-from distillab.engine.loader import BatchLoader, epoch_generator
+from distillab.engine.loader import BatchLoader, SyntheticSteps, epoch_generator
 from distillab.engine.logger import MetricsLogger, read_metrics
 from distillab.engine.epoch_state import EpochState
 from distillab.engine.frozen import FrozenModels, build_cache
 from distillab.engine.models import FeatureError, ModelSet, RunModel, TrainableStep
 from distillab.engine.schedule import build_optimizer, build_scheduler
 from distillab.engine.stages import stage_parameters
-from distillab.engine.steps import STEPS, BatchRunner
+from distillab.core.steps import STEPS
+from distillab.engine.steps import BatchRunner
 from distillab.engine.teacher_cache import TeacherCache
 from distillab.features import FeatureTaps
 from distillab.losses import EpochContext, SetupContext
@@ -120,8 +121,13 @@ class Trainer:
                 # teacher head, as in its reference)
                 find_unused_parameters=True, **_no_forward_buffer_sync())
         loader_args = dict(device=self.device, num_workers=cfg.data.num_workers, on_device=cfg.data.on_device, dist=dist)
-        self.train_loader = BatchLoader(data.train, t.batch_size, shuffle=True, seed=cfg.seed, drop_last=t.drop_last,
-                                        **loader_args)
+        self.data_free = objective.data_free_steps is not None  # the method makes its own training inputs
+        if self.data_free and dist.enabled:
+            raise ConfigError(f"method {cfg.method.name!r} makes its training inputs itself and runs in one process: "
+                              "start it without torchrun")
+        self.train_loader = (SyntheticSteps(objective.data_free_steps, t.batch_size, self.device) if self.data_free else
+                             BatchLoader(data.train, t.batch_size, shuffle=True, seed=cfg.seed, drop_last=t.drop_last,
+                                         **loader_args))
         self.test_loader = BatchLoader(data.test, t.eval_batch_size, shuffle=False, shard="split", **loader_args)
         try:
             self.augment = AugmentPlan(data.augment if cfg.data.augment else None, len(data.train),
@@ -138,6 +144,11 @@ class Trainer:
             max_gb=t.teacher_cache_max_gb, method=cfg.method.name) for m in cached})
         self.optimizer = build_optimizer(self.models.parameter_groups(list(self.objective.parameters())), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.epochs)
+        # models with their own optimiser (a generator's Adam beside the student's SGD), each with its schedule
+        self.own_optimizers = {m.name: build_optimizer(m.module.parameters(), m.optim)
+                               for m in self.models.trainable if m.optim is not None}
+        self.own_schedulers = {n: build_scheduler(o, self.models[n].optim, t.epochs)
+                               for n, o in self.own_optimizers.items()}
         self.epoch = 0  # completed epochs of the main stage
         self.stage_done: dict[str, int] = {}  # completed epochs of each pre-training stage
         self._stage_optimizer_state: dict | None = None  # for resuming inside a stage
@@ -198,6 +209,8 @@ class Trainer:
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "own_optimizers": {n: o.state_dict() for n, o in self.own_optimizers.items()},
+            "own_schedulers": {n: sc.state_dict() for n, sc in self.own_schedulers.items()},
             "rng": rng_state(),
             "best": dict(self.best),
             "teacher_top1": self.teacher_top1,
@@ -220,6 +233,9 @@ class Trainer:
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        for name, opt in self.own_optimizers.items():
+            opt.load_state_dict(state["own_optimizers"][name])
+            self.own_schedulers[name].load_state_dict(state["own_schedulers"][name])
         set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.stage_done = dict(state.get("stage_done", {}))
@@ -249,28 +265,37 @@ class Trainer:
                     optimizer: torch.optim.Optimizer | None = None, scheduler=None,
                     student_mode: str = "train") -> EpochState:
         """One pass over the training set. A pre-training stage passes its own optimiser (and no schedule)."""
+        in_stage = optimizer is not None
         if optimizer is None:
             optimizer, scheduler = self.optimizer, self.scheduler
+        optimizers = {"": optimizer, **({} if in_stage else self.own_optimizers)}  # "": the run's optimiser
+        schedulers = ([scheduler] if scheduler is not None else []) + ([] if in_stage else
+                                                                        list(self.own_schedulers.values()))
         for m in self.models.trainable:
             m.module.train(student_mode == "train")
         self.objective.train()
         self.train_loader.set_epoch(epoch)
         aug_gen = epoch_generator(self.cfg.seed, epoch, 1, self.device)
+        step_gen = epoch_generator(self.cfg.seed, epoch, 2, self.device)  # what a step draws (a generator's noise)
         state = EpochState()
         steps = len(self.train_loader)
         with contextlib.ExitStack() as stack:
             taps = {m.name: stack.enter_context(FeatureTaps(m.module, m.taps)) for m in self.models}
             for step, raw in enumerate(self.train_loader, start=1):
-                if scheduler is not None:
-                    scheduler.set(epoch - 1 + (step - 1) / steps)
-                fields, keys = self.batches.train(raw, aug_gen)
-                with self.autocast():
-                    frozen = self.frozen.outputs(fields, raw[INDEX], keys, taps)
-                total, logs, logits = self.step_fn(BatchRunner(
+                for sched in schedulers:
+                    sched.set(epoch - 1 + (step - 1) / steps)
+                if self.data_free:
+                    fields, frozen = {}, {}
+                else:
+                    fields, keys = self.batches.train(raw, aug_gen)
+                    with self.autocast():
+                        frozen = self.frozen.outputs(fields, raw[INDEX], keys, taps)
+                runner = BatchRunner(
                     models=self.models, objective=self.objective, step_module=self.step_module, autocast=self.autocast,
-                    optimizer=optimizer, fields=fields, labels=raw[LABEL], index=raw[INDEX], frozen=frozen, taps=taps,
-                    epoch=epoch))
-                y = raw[LABEL]
+                    optimizers=optimizers, fields=fields, labels=raw[LABEL], index=raw[INDEX], frozen=frozen, taps=taps,
+                    epoch=epoch, rng=step_gen)
+                total, logs, logits = self.step_fn(runner)
+                y = runner.labels
                 state.add(len(y), {n: (v.detach().argmax(1) == y).sum() for n, v in logits.items()}, total, logs)
                 if progress is not None:
                     progress(step, state)
@@ -350,7 +375,7 @@ class Trainer:
         """Test metrics of ``models`` (default: every trainable one): ``test/top1`` and ``test/loss`` are the
         student's; with several trainable models each has ``test/<name>/top1`` and ``/loss``, and their
         ensemble (mean probability) ``test/ensemble/...``."""
-        models = list(models) if models is not None else self.models.trainable
+        models = list(models) if models is not None else self.models.evaluated
         several = len(models) > 1
         scores = evaluate_models(models, self.test_loader, self.batches, self.autocast, self.device, ensemble=several)
         first = "student" if "student" in scores else models[0].name
@@ -379,6 +404,8 @@ class Trainer:
                 epoch = self.epoch + 1
                 self.objective.on_epoch_start(self.epoch_context(epoch))
                 self.scheduler.set(epoch - 1)
+                for sched in self.own_schedulers.values():
+                    sched.set(epoch - 1)
                 lr = self.optimizer.param_groups[0]["lr"]
                 tic = time.perf_counter()
                 state = self.train_epoch(epoch, bar.step_callback(epoch) if bar is not None else None)
@@ -407,10 +434,11 @@ class Trainer:
     def summary(self, wall_s: float) -> dict:
         rows = self.logger.rows
         last = rows[-1] if rows else {}
-        several = len(self.models.trainable) > 1
+        evaluated = [m.name for m in self.models.evaluated]
+        several = len(evaluated) > 1
         models = {}
         for m in self.models:
-            top1 = (last.get(f"test/{m.name}/top1") if several else last.get("test/top1")) if m.trainable \
+            top1 = (last.get(f"test/{m.name}/top1") if several else last.get("test/top1")) if m.name in evaluated \
                 else self.frozen_top1.get(m.name)
             models[m.name] = {"role": m.role, "arch": m.arch, "input": m.input, "test_top1": top1,
                               "params": sum(p.numel() for p in m.module.parameters()),
