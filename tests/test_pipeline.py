@@ -144,3 +144,13 @@ def test_shipped_pipelines_load():
                  "cifar100/takd_resnet110_resnet56_resnet20.yaml"):
         pipe = load_pipeline(f"configs/{name}")
         assert pipe.order
+
+
+def test_assistant_candidates_from_the_zoo():
+    from distillab.pipeline_steps import ta_candidates
+
+    found = ta_candidates({"arch": "resnet110"}, {"arch": "resnet20"})
+    assert [c["arch"] for c in found] == ["resnet32", "resnet44", "resnet56"]
+    assert all(a["params"] < b["params"] for a, b in zip(found, found[1:]))
+    result = CliRunner().invoke(app, ["assistants", "resnet110", "resnet20"])
+    assert result.exit_code == 0 and "resnet44" in result.output and "geometric mean" in result.output

@@ -41,6 +41,34 @@ def _labels_only(candidate: dict, config: str, folder: Path, ctx: StepContext) -
     return float(summary["test_top1"])
 
 
+def ta_candidates(teacher: dict, student: dict, num_classes: int = 100) -> list[dict]:
+    """Teacher-assistant candidates from the zoo: the registered classifiers of the teacher's family (its name
+    without digits: resnet, resnetx, wrn__, vgg, ...), default options, with strictly more parameters than the student
+    and fewer than the teacher, smallest first; each ``{arch, options, params}``."""
+    import re
+
+    from distillab.models import MODELS, count_parameters, create_model, model_kind
+
+    def size(spec: dict) -> int:
+        return count_parameters(create_model(spec["arch"], num_classes=num_classes, **(spec.get("options") or {})))
+
+    def family_of(name: str) -> str:  # resnet110 -> resnet, resnet8x4 -> resnetx, wrn_40_2 -> wrn__
+        return re.sub(r"\d+", "", name)
+
+    family = family_of(teacher["arch"])
+    low, high = size(student), size(teacher)
+    out = []
+    for name in MODELS.names():
+        if model_kind(name) != "classifier" or family_of(name) != family:
+            continue
+        if name in (teacher["arch"], student["arch"]):
+            continue
+        n = size({"arch": name})
+        if low < n < high:
+            out.append({"arch": name, "options": {}, "params": n})
+    return sorted(out, key=lambda c: c["params"])
+
+
 def select_ta(params: dict, folder: Path, ctx: StepContext) -> dict[str, Any]:
     """Teacher-assistant selection (TAKD, Mirzadeh et al. 2020, arXiv 1902.03393).
 
@@ -54,18 +82,28 @@ def select_ta(params: dict, folder: Path, ctx: StepContext) -> dict[str, Any]:
     * ``param_midpoint``: no training: the candidate whose parameter count is closest to the geometric mean of
       the teacher's and the student's.
 
-    params: ``candidates`` (a list of ``{arch, options}``), ``student`` (``{arch, options}``), ``teacher``
+    params: ``candidates`` (a list of ``{arch, options}``, or ``auto``: :func:`ta_candidates`), ``student``
+    (``{arch, options}``), ``teacher``
     (a run folder, e.g. ``${teacher.run}``) or ``teacher_top1``, ``teacher_arch``/``teacher_options`` for the
     parameter rule, ``config`` (the labels-only run config), ``rule``. The reasoning is written to
     ``selection.json``. Outputs: ``arch``, ``options`` (the chosen assistant), ``rule``.
     """
     from distillab.models import count_parameters, create_model
 
-    candidates = params.get("candidates") or []
-    if len(candidates) < 1 or not all(isinstance(c, dict) and "arch" in c for c in candidates):
-        raise ConfigError("select_ta: `candidates` must be a list of {arch: ..., options: {...}}")
     rule = params.get("rule", "accuracy_midpoint")
     num_classes = int(params.get("num_classes", 10))
+    candidates = params.get("candidates") or []
+    if candidates == "auto":  # the zoo's models of the teacher's family between student and teacher
+        teacher = {"arch": params.get("teacher_arch"), "options": params.get("teacher_options") or {}}
+        if teacher["arch"] is None or params.get("student") is None:
+            raise ConfigError("select_ta: candidates: auto needs `teacher_arch` and `student`")
+        candidates = [{"arch": c["arch"], "options": c["options"]}
+                      for c in ta_candidates(teacher, params["student"], num_classes)]
+        if not candidates:
+            raise ConfigError(f"select_ta: the zoo has no {teacher['arch']}-family model between "
+                              f"{params['student']['arch']} and {teacher['arch']}: list `candidates`")
+    if len(candidates) < 1 or not all(isinstance(c, dict) and "arch" in c for c in candidates):
+        raise ConfigError("select_ta: `candidates` must be `auto` or a list of {arch: ..., options: {...}}")
 
     def size(spec: dict) -> int:
         return count_parameters(create_model(spec["arch"], num_classes=num_classes, **(spec.get("options") or {})))
