@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from distillab.bench import collect, load_suite, run_state, run_suite
+from distillab.bench import PipelineRun, collect, load_suite, run_state, run_suite
 from distillab.bench.aggregate import Cell, RunRow, _betainc, aggregate, mean_curve, welch_p
 from distillab.bench.cli import _print_cells
 from distillab.bench.report import TABLE_HEAD_LINES, _inline_html, bars_figure, curves_figure
@@ -122,9 +122,15 @@ def test_shipped_suites_load_and_expand():
     from distillab.bench import available_suites
 
     assert {"mnist1d", "digits", "cifar100-crd", "tiny"} <= set(available_suites())
-    for name in available_suites():  # every shipped suite expands, and every row's config loads
+    for name in available_suites():  # every shipped suite expands, and every row's config (or pipeline) loads
         grid, _ = load_suite(name).grid("/tmp/unused")
-        assert grid and all(spec.load().seed == spec.seed for spec in grid[::5])
+        assert grid and all(_seed_of(spec) == spec.seed for spec in grid[::5])
+
+
+def _seed_of(spec) -> int:
+    """The seed a run's config, or a pipeline cell's `seed` var, says."""
+    loaded = spec.load()
+    return loaded.spec.vars["seed"] if isinstance(spec, PipelineRun) else loaded.seed
 
 
 def test_bad_suite_files_get_clear_errors(tmp_path):

@@ -1,4 +1,4 @@
-"""``distillab bench SUITE``: a grid of ordinary runs, resumable, aggregated into tables and a report."""
+"""``distillab bench SUITE``: a grid of ordinary runs and pipelines, resumable, aggregated into tables and a report."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from pathlib import Path
 from distillab.bench.aggregate import CELL_FIELDS, RUN_FIELDS, Cell, RunRow, aggregate, read_runs, write_csv
 from distillab.bench.execute import DONE, FAILED, NEW, PARTIAL, Outcome, execute_grid, run_state
 from distillab.bench.report import write_report
-from distillab.bench.suite import RunSpec, Suite, TeacherJob, available_suites, load_suite
+from distillab.bench.suite import PipelineRun, RunSpec, Suite, TeacherJob, available_suites, load_suite
 
-__all__ = ["Suite", "RunSpec", "TeacherJob", "RunRow", "Cell", "load_suite", "available_suites", "collect",
-           "execute_grid", "aggregate", "write_report", "run_state", "DONE", "PARTIAL", "FAILED", "NEW", "Outcome"]
+__all__ = ["Suite", "RunSpec", "PipelineRun", "TeacherJob", "RunRow", "Cell", "load_suite", "available_suites",
+           "collect", "execute_grid", "aggregate", "write_report", "run_state", "DONE", "PARTIAL", "FAILED", "NEW",
+           "Outcome"]
 
 
-def teacher_accuracy(suite: Suite, runs: list[RunSpec], rows: list[RunRow],
+def teacher_accuracy(suite: Suite, runs: list[RunSpec | PipelineRun], rows: list[RunRow],
                      teachers: dict[str, TeacherJob]) -> dict[str, float | None]:
     """Each pair's teacher test top-1: as its runs measured it, else from the store's record."""
     from distillab.store import TeacherStore
@@ -36,7 +37,7 @@ def teacher_accuracy(suite: Suite, runs: list[RunSpec], rows: list[RunRow],
     return out
 
 
-def collect(suite: Suite, runs: list[RunSpec], out: Path, teachers: dict[str, TeacherJob], *,
+def collect(suite: Suite, runs: list[RunSpec | PipelineRun], out: Path, teachers: dict[str, TeacherJob], *,
             command: str, wall_s: float | None = None) -> tuple[list[RunRow], list[Cell], dict[str, Path]]:
     """Read every run folder of the grid; write runs.csv, results.csv and the report."""
     out = Path(out)

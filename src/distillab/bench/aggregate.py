@@ -18,7 +18,8 @@ from pathlib import Path
 
 from distillab.core.files import atomic_file
 from distillab.bench.execute import DONE, PARTIAL, run_state
-from distillab.bench.suite import RunSpec
+from distillab.bench.suite import PipelineRun, RunSpec
+from distillab.pipeline import RUN_COMMANDS
 
 BASELINE = "ce"
 
@@ -36,7 +37,8 @@ class RunRow:
     train_time_s: float | None = None
     folder: str = ""
     error: str = ""
-    column: str = "test/top1"  # the metrics.csv column behind last_top1 (another model's, in a run of several)
+    column: str = "test/top1"  # the metrics.csv column behind last_top1 (another model's, in a run of several;
+    # "" for an ensemble of a pipeline's steps, which has no curve)
 
 
 @dataclass
@@ -57,10 +59,12 @@ class Cell:
     last_values: list[float] = field(default_factory=list)
 
 
-def read_runs(spec: RunSpec) -> list[RunRow]:
+def read_runs(spec: RunSpec | PipelineRun) -> list[RunRow]:
     """The rows of one run of the grid: its student's, and in a run of several trained models (mutual
     learning) one more per other model (``<label>:<model>``) and their ensemble (``<label>:ensemble``),
-    all at the last epoch."""
+    all at the last epoch. A pipeline cell: see :func:`read_pipeline`."""
+    if isinstance(spec, PipelineRun):
+        return read_pipeline(spec)
     row = read_run(spec)
     if row.status != "done":
         return [row]
@@ -75,12 +79,43 @@ def read_runs(spec: RunSpec) -> list[RunRow]:
                            column=column) for name, top1, column in extra]
 
 
-def read_run(spec: RunSpec) -> RunRow:
-    """The state and numbers of one run of the grid (its student's), read from its folder."""
+def read_pipeline(spec: PipelineRun) -> list[RunRow]:
+    """The rows of one pipeline cell: ``<label>``, its result step's model (the learning curve and best epoch
+    from that step's folder); ``<label>:<step>`` for every other run step, so the pipeline's own baselines stand
+    beside it; ``<label>:<ensemble>`` per ensemble of steps (no curve). Train time: the run steps' training time
+    (their ``train_time_s``, which a resume adds to) and the data steps' seconds."""
+    row = read_run(spec)
+    if row.status != "done":
+        return [row]
+    summary = json.loads((spec.folder / "pipeline.json").read_text())
+    result, steps = summary["result"], summary["steps"]
+    runs = {name: json.loads((spec.folder / name / "summary.json").read_text()) for name in summary["order"]
+            if steps[name]["command"] in RUN_COMMANDS}
+    seconds = sum((runs[name].get("train_time_s") if name in runs else steps[name].get("seconds")) or 0.0
+                  for name in summary["order"])
+
+    def step_row(name: str, label: str, train_time_s: float | None) -> RunRow:
+        s = runs[name]
+        return RunRow(spec.pair, label, spec.seed, "done", last_top1=steps[name]["test_top1"],
+                      best_top1=s.get("best_top1"), best_epoch=s.get("best_epoch"), train_time_s=train_time_s,
+                      folder=str(spec.folder / name))
+
+    rows = [step_row(result, spec.label, seconds)]
+    rows += [step_row(name, f"{spec.label}:{name}", runs[name].get("train_time_s")) for name in runs if name != result]
+    rows += [RunRow(spec.pair, f"{spec.label}:{name}", spec.seed, "done", last_top1=e["test_top1"],
+                    folder=str(spec.folder), column="") for name, e in summary["ensembles"].items()]
+    return rows
+
+
+def read_run(spec: RunSpec | PipelineRun) -> RunRow:
+    """The state and numbers of one run of the grid (its student's), read from its folder; of a pipeline cell,
+    the state alone."""
     row = RunRow(spec.pair, spec.label, spec.seed, "missing", folder=str(spec.folder))
     state = run_state(spec.folder)
     error_file = spec.folder / "error.txt"
-    if state == DONE:
+    if state == DONE and isinstance(spec, PipelineRun):
+        row.status = "done"
+    elif state == DONE:
         s = json.loads((spec.folder / "summary.json").read_text())
         row.status = "done"
         row.last_top1, row.best_top1, row.best_epoch = s.get("test_top1"), s.get("best_top1"), s.get("best_epoch")

@@ -127,7 +127,7 @@ def _print_grid(suite, runs, teachers, out: Path, console: Console, commands: bo
     for pair in dict.fromkeys(p for p, _ in cells):
         p = suite.pair(pair)
         table = Table(title=f"{pair}: teacher {p.teacher or '-'} -> student {p.student['arch']} "
-                            f"{p.student['options'] or ''}")
+                            f"{p.student['options'] or ''}" if p.student else f"{pair}: pipelines")
         for col in ("method", "config", "seeds", "state"):
             table.add_column(col, overflow="fold")
         for (cell_pair, label), specs in cells.items():
@@ -137,7 +137,10 @@ def _print_grid(suite, runs, teachers, out: Path, console: Console, commands: bo
             table.add_row(label, _display(specs[0].config), ",".join(str(s.seed) for s in specs),
                           " ".join(f"{k} {v}" for k, v in sorted(states.items())))
         console.print(table)
+    needed = {job.key for spec in runs for job in spec.teachers}
     for job in teachers.values():
+        if job.key not in needed:  # a pair left out by --pairs, or rows left out by --methods
+            continue
         console.print(f"teacher: distillab train-teacher {job.config} {' '.join(shlex.quote(o) for o in job.overrides)}",
                       soft_wrap=True, markup=False, highlight=False)
     if commands:

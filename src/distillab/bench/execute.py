@@ -6,6 +6,10 @@ stopped: ``summary.json`` means finished (skipped), ``checkpoints/last.pt`` mean
 Each run's resolved config is compared with the one its folder holds: a grid whose settings changed under
 an existing folder is refused instead of mixing two settings in one table.
 
+A pipeline cell is read the same way: ``pipeline.json`` means finished, a step begun (finished, or with a
+checkpoint) means interrupted (``run_pipeline`` skips the finished steps and resumes the interrupted one), and
+its settings are those of the ``pipeline.yaml`` that ``run_pipeline`` saved (the ``seed`` var resolved).
+
 Ctrl-C is decided by this process alone: worker processes ignore SIGINT (a Ctrl-C in a terminal reaches the
 whole process group, and a worker interrupted in the middle of an import would record a spurious failure).
 On an interrupt the queued runs are cancelled, the workers are stopped, and each run that was in flight is
@@ -15,6 +19,7 @@ new. No interrupted run is recorded as failed.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -29,20 +34,31 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, Iterator
 
-from distillab.bench.suite import RunSpec, TeacherJob
+import yaml
+from pydantic import ValidationError
+
+from distillab.bench.suite import PipelineRun, RunSpec, TeacherJob
 from distillab.config import ConfigError, load_config
+from distillab.pipeline import PipelineSpec, run_pipeline, step_state
 
 DONE, PARTIAL, FAILED, NEW = "done", "partial", "failed", "new"
 
 
 def run_state(folder: Path) -> str:
-    if (folder / "summary.json").is_file():
+    """The state of a run folder, or of a pipeline cell's folder (see the module's docstring)."""
+    if (folder / "summary.json").is_file() or (folder / "pipeline.json").is_file():
         return DONE
-    if (folder / "checkpoints" / "last.pt").is_file():
+    if (folder / "checkpoints" / "last.pt").is_file() or _pipeline_begun(folder):
         return PARTIAL
     if (folder / "error.txt").is_file():
         return FAILED
     return NEW
+
+
+def _pipeline_begun(folder: Path) -> bool:
+    """A pipeline cell with a step finished or interrupted after its first checkpoint."""
+    return (folder / "pipeline.yaml").is_file() and any(
+        step_state(step) != NEW for step in folder.iterdir() if step.is_dir())
 
 
 def _saved_config(path: Path) -> dict | None:
@@ -54,15 +70,32 @@ def _saved_config(path: Path) -> dict | None:
         return None
 
 
-def check_stale(runs: list[RunSpec]) -> list[str]:
-    """Runs whose folder holds a config other than the one the grid would now use."""
-    stale = []
-    for spec in runs:
-        saved = spec.folder / "config.yaml"
-        if saved.is_file() and run_state(spec.folder) in (DONE, PARTIAL):
-            if _saved_config(saved) != spec.load().model_dump(mode="json"):
-                stale.append(spec.key)
-    return stale
+def _pipeline_settings(spec: PipelineSpec) -> dict:
+    """What makes a pipeline's results: everything but its description."""
+    return {k: v for k, v in spec.model_dump(mode="json").items() if k != "description"}
+
+
+def _saved_pipeline(path: Path) -> dict | None:
+    """A pipeline cell's saved settings, validated (as :func:`_saved_config`); None if they no longer validate."""
+    try:
+        return _pipeline_settings(PipelineSpec.model_validate(yaml.safe_load(path.read_text()) or {}))
+    except (yaml.YAMLError, ValidationError):
+        return None
+
+
+def _is_stale(spec: RunSpec | PipelineRun) -> bool:
+    if run_state(spec.folder) not in (DONE, PARTIAL):
+        return False  # started afresh: nothing in its folder is kept
+    if isinstance(spec, PipelineRun):
+        saved = spec.folder / "pipeline.yaml"
+        return saved.is_file() and _saved_pipeline(saved) != _pipeline_settings(spec.load().spec)
+    saved = spec.folder / "config.yaml"
+    return saved.is_file() and _saved_config(saved) != spec.load().model_dump(mode="json")
+
+
+def check_stale(runs: list[RunSpec | PipelineRun]) -> list[str]:
+    """Runs (and pipeline cells) whose folder holds settings other than the ones the grid would now use."""
+    return [spec.key for spec in runs if _is_stale(spec)]
 
 
 @dataclass
@@ -93,6 +126,31 @@ def _train_in(folder: Path, cfg) -> tuple[dict, bool]:
     return run(cfg, progress=False, run_dir=folder)[0], False
 
 
+def _run_pipeline_in(folder: Path, pipe) -> tuple[dict, bool]:
+    """Run ``pipe`` in ``folder``: on from where it stopped when a step was begun (an earlier error.txt goes; a new
+    failure writes its own), else afresh in the emptied folder; its step lines and epoch lines are not shown (the
+    grid prints one line per cell). (the pipeline's summary, resumed)."""
+    from rich.console import Console
+
+    resumed = run_state(folder) == PARTIAL
+    if resumed:
+        (folder / "error.txt").unlink(missing_ok=True)
+    else:
+        _clear(folder)
+    quiet = Console(file=io.StringIO(), quiet=True)
+    return run_pipeline(pipe, folder, console=quiet, report=lambda _msg: None), resumed
+
+
+def _train_cell(spec: RunSpec | PipelineRun) -> tuple[float | None, bool]:
+    """Train (or resume) a run or a pipeline cell; (its test top-1, resumed)."""
+    if isinstance(spec, PipelineRun):
+        pipe = spec.load()
+        summary, resumed = _run_pipeline_in(spec.folder, pipe)
+        return summary["steps"][pipe.spec.result]["test_top1"], resumed
+    summary, resumed = _train_in(spec.folder, spec.load())
+    return summary.get("test_top1"), resumed
+
+
 def _record_failure(folder: Path, exc: BaseException) -> str:
     """Write the error and its traceback to ``folder/error.txt``; return the one-line error."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -101,8 +159,9 @@ def _record_failure(folder: Path, exc: BaseException) -> str:
     return line
 
 
-def execute_run(spec: RunSpec, threads: int | None = None) -> Outcome:
-    """Train (or resume) one run in this process; an exception becomes a failed outcome and ``error.txt``."""
+def execute_run(spec: RunSpec | PipelineRun, threads: int | None = None) -> Outcome:
+    """Train (or resume) one run (or pipeline cell) in this process; an exception becomes a failed outcome and
+    ``error.txt``."""
     import torch
 
     if threads:
@@ -111,8 +170,8 @@ def execute_run(spec: RunSpec, threads: int | None = None) -> Outcome:
         return Outcome(spec.key, "skipped")
     tic = time.perf_counter()
     try:
-        summary, resumed = _train_in(spec.folder, spec.load())
-        return Outcome(spec.key, "done", summary.get("test_top1"), time.perf_counter() - tic, resumed=resumed)
+        top1, resumed = _train_cell(spec)
+        return Outcome(spec.key, "done", top1, time.perf_counter() - tic, resumed=resumed)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # noqa: BLE001 - every failure is recorded, none is dropped
@@ -196,9 +255,9 @@ def _leave_resumable(folders: list[Path]) -> None:
             _clear(folder)
 
 
-def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, workers: int = 1,
+def execute_grid(runs: list[RunSpec | PipelineRun], teachers: dict[str, TeacherJob], *, workers: int = 1,
                  threads: int | None = None, report: Callable[[str], None] = print,
-                 on_outcome: Callable[[Outcome, RunSpec], None] | None = None) -> list[Outcome]:
+                 on_outcome: Callable[[Outcome, RunSpec | PipelineRun], None] | None = None) -> list[Outcome]:
     """Teachers (in this process), then the runs on ``workers`` processes; every outcome is returned."""
     stale = check_stale(runs)
     if stale:
@@ -220,7 +279,7 @@ def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, worker
             failed_teachers[job.key] = msg
 
     outcomes: list[Outcome] = []
-    todo: list[RunSpec] = []
+    todo: list[RunSpec | PipelineRun] = []
     for spec in runs:
         if run_state(spec.folder) == DONE:
             outcomes.append(Outcome(spec.key, "skipped"))
@@ -252,7 +311,7 @@ def execute_grid(runs: list[RunSpec], teachers: dict[str, TeacherJob], *, worker
     per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
                                initializer=_init_worker, initargs=(per_worker,))
-    futures: dict[Future, RunSpec] = {}
+    futures: dict[Future, RunSpec | PipelineRun] = {}
     try:
         with _sigint_blocked():  # the workers are started by submit()
             for spec in todo:

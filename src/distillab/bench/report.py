@@ -114,7 +114,7 @@ def curves_figure(cells: list[Cell], folders: dict[str, list[str]], title: str,
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    methods = [c.method for c in cells if c.n > 0]
+    methods = [c.method for c in cells if c.n > 0 and c.method in folders]  # rows with a curve
     base = mean_curve(folders.get(BASELINE, [])) if BASELINE in folders else None
     cols = 5
     nrows = max(1, -(-len(methods) // cols))
@@ -157,6 +157,20 @@ def plot_curves(cells: list[Cell], folders: dict[str, list[str]], path: Path, ti
                 columns: dict[str, str] | None = None) -> Path:
     """The learning curves (:func:`curves_figure`) as a PNG."""
     return _save(curves_figure(cells, folders, title, columns), path, dpi=100)
+
+
+def _pair_line(spec, teacher: float | None) -> str:
+    """What a pair compares: its teacher and student, and its pipelines."""
+    parts = []
+    if spec.student is not None:
+        ref_teacher = spec.reference.get("teacher")
+        parts.append(((f"Teacher `{spec.teacher}`: {_num(teacher)}%" + (f" (published {ref_teacher:.2f})"
+                       if ref_teacher else "")) if spec.teacher else "No teacher (labels only)")
+                     + f"; student `{spec.student['arch']}` {spec.student['options'] or ''}".rstrip())
+    if spec.pipelines:
+        parts.append("Pipelines: " + ", ".join(f"{label} `{file}`" for label, file in spec.pipelines.items())
+                     + " (rows `label:step`: the pipeline's other steps; `label:ensemble`: its ensembles)")
+    return ". ".join(parts)
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -227,17 +241,14 @@ def write_report(out: Path, suite, cells: list[Cell], runs: list[RunRow], teache
         folders: dict[str, list[str]] = {}
         columns: dict[str, str] = {}
         for r in runs:
-            if r.pair == pair and r.status == "done":
+            if r.pair == pair and r.status == "done" and r.column:  # an ensemble of a pipeline's steps: no curve
                 folders.setdefault(r.method, []).append(r.folder)
                 columns[r.method] = r.column
-        title = f"{pair} (teacher {_num(teacher)}%)"
+        title = f"{pair} (teacher {_num(teacher)}%)" if spec.teacher else pair
         bars = plot_bars(pcells, folder / f"bars_{pair}.png", title, teacher, metric)
         curves = plot_curves(pcells, folders, folder / f"curves_{pair}.png", pair, columns)
         figures[f"bars_{pair}"], figures[f"curves_{pair}"] = bars, curves
-        ref_teacher = spec.reference.get("teacher")
-        head_line = ((f"Teacher `{spec.teacher}`: {_num(teacher)}%" + (f" (published {ref_teacher:.2f})" if ref_teacher
-                      else "")) if spec.teacher else "No teacher (labels only)") + \
-            f"; student `{spec.student['arch']}` {spec.student['options'] or ''}".rstrip()
+        head_line = _pair_line(spec, teacher)
         rows = table_rows(pcells, metric)
         md += [f"## {pair}", "", head_line + ("  " + spec.note if spec.note else ""), "", _md_table(TABLE_HEAD, rows),
                "", f"![bar chart]({bars.name})", "", f"![learning curves]({curves.name})", ""]

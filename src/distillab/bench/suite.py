@@ -1,4 +1,4 @@
-"""Benchmark suites: a grid of (teacher/student pair x method x seed), each cell an ordinary run.
+"""Benchmark suites: a grid of (teacher/student pair x method x seed), each cell an ordinary run or a pipeline.
 
 A suite is a YAML file (the shipped ones live in ``configs/suites/``)::
 
@@ -20,10 +20,20 @@ A suite is a YAML file (the shipped ones live in ``configs/suites/``)::
         overrides: [optim.lr=0.01]                # this pair's runs
         method_overrides: {at: ["method.params.at.stages=[0, 1]"]}   # one row's runs
         reference: {kd: 73.33}                    # published top-1 per method (and teacher/ce)
+      - name: mnist1d-ban
+        pipelines: {ban: mnist1d/ban.yaml}        # pipeline rows: a paradigm of several steps, one pipeline per seed
 
 Every run gets the pair's student (``student.arch``/``student.options``), the pair's teacher config with
 the overrides it was trained under (so the store finds exactly that teacher), the seed, and a fixed run
 folder ``<out>/runs/<pair>/<label>/seed<k>`` that makes the grid resumable.
+
+A pipeline row (``pipelines: {label: file}``, files found like run configs) runs the whole pipeline once per
+seed, with ``--var seed=<k>`` (the pipeline must have a ``seed`` var and a ``result`` step) and the suite's,
+the pair's and the row's overrides appended to its own, into ``<out>/runs/<pair>/<label>/seed<k>`` (its step
+folders inside). It gives the row ``<label>`` (the result step's model), ``<label>:<ensemble>`` per ensemble and
+``<label>:<step>`` per other run step, so the pipeline's own baselines stand in the same table. A pair of
+pipeline rows alone needs no ``student``, ``config`` or ``methods`` (``methods`` is ``[]`` when ``pipelines``
+is given and ``methods`` is not).
 
 ``store``: where the grid's teachers are trained into and looked up. ``global`` (the default) is the user's
 teacher store, shared with ``distillab distill`` (a teacher trained once serves every later grid and run);
@@ -35,12 +45,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distillab.config import ConfigError, RunConfig, load_config
 from distillab.registry import close_matches, unknown_name_message
@@ -56,12 +67,13 @@ class PairSpec(_Strict):
     name: str
     teacher: str | None = None  # a train-teacher config; None for a labels-only pair
     teacher_overrides: list[str] = Field(default_factory=list)  # overrides the pair's teacher is trained with
-    student: dict[str, Any]  # {arch: ..., options: {...}}
+    student: dict[str, Any] | None = None  # {arch: ..., options: {...}}; needed by method rows only
     config: list[str] = Field(default_factory=list)  # config path templates, first existing wins
     configs: dict[str, str] = Field(default_factory=dict)  # label -> config path template
-    methods: list[str] | str = "all"
+    methods: list[str] | str = "all"  # [] when the pair gives `pipelines` and no `methods`
     exclude: list[str] = Field(default_factory=list)
     variants: dict[str, str] = Field(default_factory=dict)  # label -> config path template
+    pipelines: dict[str, str] = Field(default_factory=dict)  # label -> pipeline file, run once per seed
     overrides: list[str] = Field(default_factory=list)
     method_overrides: dict[str, list[str]] = Field(default_factory=dict)  # label -> overrides of that row only
     reference: dict[str, float] = Field(default_factory=dict)
@@ -72,15 +84,39 @@ class PairSpec(_Strict):
     def _listify(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pipelines_alone(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("pipelines") and "methods" not in data:
+            return {**data, "methods": []}
+        return data
+
     @field_validator("student")
     @classmethod
-    def _student(cls, v: dict) -> dict:
+    def _student(cls, v: dict | None) -> dict | None:
+        if v is None:
+            return None
         if "arch" not in v:
             raise ValueError("needs `arch`")
         unknown = set(v) - {"arch", "options"}
         if unknown:
             raise ValueError(f"unknown keys {sorted(unknown)} (valid: arch, options)")
         return {"arch": v["arch"], "options": dict(v.get("options") or {})}
+
+    @field_validator("pipelines")
+    @classmethod
+    def _pipeline_labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for label in v:  # a folder name, and the part before ':' in the rows of its steps
+            if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", label):
+                raise ValueError(f"row label {label!r}: letters, digits, _ . and - only")
+        return v
+
+    @model_validator(mode="after")
+    def _student_for_methods(self) -> "PairSpec":
+        if self.student is None and (self.methods or self.variants):
+            raise ValueError("a pair with method rows needs `student` ({arch: ..., options: {...}}); "
+                             "a pair of `pipelines` alone needs none")
+        return self
 
 
 class SuiteSpec(_Strict):
@@ -150,6 +186,43 @@ class RunSpec:
         return " ".join(["distillab distill", _display(self.config), *(_quote(o) for o in self.overrides)])
 
 
+@dataclass
+class PipelineRun:
+    """One seed of a pipeline row: the whole pipeline, run with ``--var seed=<seed>`` in ``folder`` (each step in
+    its own folder inside), ``overrides`` appended to the pipeline's own (every run step's)."""
+
+    pair: str
+    label: str
+    seed: int
+    config: str  # resolved path of the pipeline file
+    overrides: list[str]
+    folder: Path
+
+    @property
+    def teachers(self) -> list[TeacherJob]:
+        return []  # a pipeline trains (or finds) its teachers in its own steps
+
+    @property
+    def key(self) -> str:
+        return f"{self.pair}/{self.label}/seed{self.seed}"
+
+    @property
+    def variables(self) -> list[str]:
+        return [f"seed={self.seed}"]
+
+    def load(self):
+        """The pipeline as this cell runs it (a :class:`distillab.pipeline.Pipeline`)."""
+        from distillab.pipeline import load_pipeline
+
+        pipe = load_pipeline(self.config, self.variables)
+        pipe.spec.overrides = [*pipe.spec.overrides, *self.overrides]
+        return pipe
+
+    def command(self) -> str:
+        return " ".join(["distillab pipeline", _display(self.config), *(_quote(o) for o in self.overrides),
+                         "--var", self.variables[0], "--out", str(self.folder)])
+
+
 def _display(path: str) -> str:
     from distillab.runner import PACKAGED_CONFIGS
 
@@ -209,8 +282,10 @@ class Suite:
         return rows
 
     def grid(self, out: str | Path, *, seeds: list[int] | None = None, methods: list[str] | None = None,
-             pairs: list[str] | None = None, extra: list[str] | None = None) -> tuple[list[RunSpec], dict[str, TeacherJob]]:
-        """Every run of the suite (filtered by ``seeds``/``methods``/``pairs``) with its config and folder."""
+             pairs: list[str] | None = None, extra: list[str] | None = None
+             ) -> tuple[list[RunSpec | PipelineRun], dict[str, TeacherJob]]:
+        """Every run of the suite (filtered by ``seeds``/``methods``/``pairs``) with its config and folder: the
+        method rows' runs, then the pipeline rows' cells."""
         from distillab.runner import find_config
 
         out = Path(out)
@@ -220,15 +295,20 @@ class Suite:
         for p in pairs or []:
             if p not in known_pairs:
                 raise ConfigError(unknown_name_message(f"pair of suite {self.name!r}", p, known_pairs))
-        runs: list[RunSpec] = []
+        runs: list[RunSpec | PipelineRun] = []
         seen_labels: set[str] = set()
         for pair in self.spec.pairs:
             if pairs and pair.name not in pairs:
                 continue
             teacher = teachers.get(self.teacher_key(pair)) if pair.teacher else None
             fields = {"teacher": Path(pair.teacher).stem.removeprefix("teacher_") if pair.teacher else "",
-                      "student": pair.student["arch"]}
-            for label, template in self.methods_of(pair):
+                      "student": pair.student["arch"] if pair.student else ""}
+            method_rows = self.methods_of(pair)
+            both = sorted(set(pair.pipelines) & {label for label, _ in method_rows})
+            if both:
+                raise ConfigError(f"suite {self.name!r}, pair {pair.name!r}: {both[0]!r} names a method row and a "
+                                  "pipeline row; give the pipeline another label")
+            for label, template in method_rows:
                 seen_labels.add(label)
                 if methods and label not in methods:
                     continue
@@ -248,6 +328,16 @@ class Suite:
                           f"name={folder.name}", "train.progress=false"]
                     runs.append(RunSpec(pair.name, label, method, seed, str(path), ov, folder,
                                         teacher if has_teacher and teacher is not None else None, extra_jobs))
+            for label, file in pair.pipelines.items():
+                seen_labels.add(label)
+                if methods and label not in methods:
+                    continue
+                path = self._pipeline_file(pair, label, file)
+                tail = [*self.every_run(out), *pair.overrides, *pair.method_overrides.get(label, []),
+                        *self.spec.run_overrides, *extra]
+                for seed in seeds if seeds is not None else self.spec.seeds:
+                    folder = out / "runs" / pair.name / label / f"seed{seed}"
+                    runs.append(PipelineRun(pair.name, label, seed, str(path), tail, folder))
         unknown_rows = {label for p in self.spec.pairs for label in p.method_overrides} - seen_labels
         if unknown_rows and not pairs:
             raise ConfigError(f"suite {self.name!r}: method_overrides name rows no pair has: {sorted(unknown_rows)}")
@@ -277,6 +367,28 @@ class Suite:
             jobs.append(job)
             overrides.append(f"{section}.overrides={json.dumps(job.overrides)}")
         return jobs, overrides
+
+    def _pipeline_file(self, pair: PairSpec, label: str, file: str) -> Path:
+        """A pipeline row's file, checked as the grid will run it: loadable, a ``seed`` var, a run step as result."""
+        from distillab.pipeline import RUN_COMMANDS, load_pipeline
+
+        where = f"suite {self.name!r}, pair {pair.name!r}, pipeline {label!r} ({file})"
+        try:
+            pipe = load_pipeline(file)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if "seed" not in pipe.spec.vars:
+            raise ConfigError(f"{where}: the pipeline has no `seed` in its `vars` "
+                              f"({', '.join(pipe.spec.vars) or 'it has none'}); the grid runs it once per seed with "
+                              "--var seed=<k>: add `vars: {seed: 0}` and `seed=${vars.seed}` to its steps' overrides")
+        if pipe.spec.result is None:
+            raise ConfigError(f"{where}: the pipeline names no `result` (the step whose model the row reports): "
+                              f"add `result: <step>` (steps: {', '.join(pipe.order)})")
+        command = pipe.step(pipe.spec.result).command
+        if command not in RUN_COMMANDS:
+            raise ConfigError(f"{where}: its result {pipe.spec.result!r} is a {command} step, which trains no "
+                              f"model; name a {' or '.join(RUN_COMMANDS)} step")
+        return pipe.path
 
     def _resolve(self, pair: PairSpec, label: str, template: str | None, fields: dict, find_config) -> Path:
         candidates = [template] if template else list(pair.config)
