@@ -40,11 +40,10 @@ def build_model(plan: ModelPlan, data: DataBundle, store: TeacherStore) -> tuple
     a loaded one): built new (from its checkpoint if it names one), or loaded from its checkpoint or from the
     teacher store."""
     if plan.source == "new" and plan.config.checkpoint is None:
-        options = dict(plan.options)
-        if model_kind(plan.arch) == "generator":  # it makes inputs shaped like the data set's
-            options.setdefault("out_shape", list(data.input_shape))
+        if model_kind(plan.arch) == "generator":  # it makes inputs shaped like the data set's (recorded with it)
+            plan.options.setdefault("out_shape", list(data.input_shape))
         try:
-            return create_model(plan.arch, num_classes=data.num_classes, **options), {}
+            return create_model(plan.arch, num_classes=data.num_classes, **plan.options), {}
         except RegistryError as exc:
             raise ConfigError(f"{plan.section}.arch: {exc}") from None
         except TypeError as exc:
