@@ -226,3 +226,18 @@ def test_eval_and_rdx_read_the_runs_data_root_and_checkpoints(tmp_path):
     assert code == 0, out
     assert list(root.glob("mnist1d-*.npz"))  # generated once, in the run's root ...
     assert not list((tmp_path / "data").glob("mnist1d-*.npz"))  # ... and never in the default cache
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    from distillab.core.files import write_text_atomic
+    old = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "new.txt", "a")
+        (tmp_path / "kept.txt").write_text("a")
+        os.chmod(tmp_path / "kept.txt", 0o640)
+        write_text_atomic(tmp_path / "kept.txt", "b")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "kept.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "kept.txt").read_text() == "b"
