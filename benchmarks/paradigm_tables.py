@@ -50,6 +50,31 @@ TABLES = {
     "Privileged information (digits: the student reads 2x2-block low-resolution digits)": ("digits-lowres-privileged", [
         ("ce", "labels only, low resolution"), ("digits-lowres-ordinary/kd", "KD, teacher saw low resolution too"),
         ("lupi_kd", "KD, privileged teacher (full resolution)")]),
+    # pipeline pairs: rows are `label:step`; a third item of a table is its labels-only row (pair/label), a
+    # third item of a row its own (None: no comparison)
+    "Born-again networks (MNIST-1D, cnn1d width 8, soft CE to the previous generation)": ("mnist1d-ban", [
+        ("ban:gen0", "generation 0, labels only"), ("ban:gen1", "generation 1 (taught by generation 0)"),
+        ("ban:gen2", "generation 2"), ("ban", "generation 3"), ("ban:bane", "BANE: ensemble of generations 1-3"),
+        ("ban:gen0_to_3", "ensemble of generations 0-3")], "mnist1d-ban/ban:gen0"),
+    "Teacher-assistant KD (MNIST-1D, cnn1d width 32 -> assistant -> cnn1d_small width 10)": ("mnist1d-takd", [
+        ("mnist1d/ce", "labels only (the mnist1d pair's student)"), ("takd:direct", "KD straight from the teacher"),
+        ("takd", "KD from the assistant (TAKD)"), ("takd:assistant", "the assistant, cnn1d width 16 (KD from the teacher)", None),
+        ("takd:teacher", "the teacher", None)], "mnist1d/ce"),
+    "Model compression (digits as 64 features; a small MLP, one hidden layer of 8)": ("digits-munge", [
+        ("munge:labels_only", "labels only"), ("munge:kd_originals", "the ensemble's probabilities on the training set alone"),
+        ("munge", "the ensemble's probabilities on training set + MUNGE pseudo-data"),
+        ("munge:ensemble", "the ensemble of five MLPs (2x256)", None)], "digits-munge/munge:labels_only"),
+    "Data-free KD by DeepInversion (MNIST-1D, teacher cnn1d width 32 -> cnn1d_small width 8)": ("mnist1d-deepinversion", [
+        ("deepinversion:labels_only", "labels only, real data"), ("deepinversion:kd_real", "KD on the real training set"),
+        ("deepinversion", "KD on 2048 synthesised signals, no real data"), ("deepinversion:teacher", "the teacher", None)],
+        "mnist1d-deepinversion/deepinversion:labels_only"),
+    "Data-free KD by DeepInversion (digits, cnn_digits width 32 -> width 4)": ("digits-deepinversion", [
+        ("deepinversion:labels_only", "labels only, real data"), ("deepinversion:kd_real", "KD on the real training set"),
+        ("deepinversion", "KD on 2048 synthesised images, no real data"), ("deepinversion:teacher", "the teacher", None)],
+        "digits-deepinversion/deepinversion:labels_only"),
+    "Data-free adversarial distillation (DFAD; MNIST-1D, teacher cnn1d width 32 -> cnn1d_small width 8)": ("mnist1d-dfad", [
+        ("ce", "labels only, real data"), ("kd", "KD on the real training set"),
+        ("dfad", "DFAD: a generator's signals, no real data (60 epochs of 50 iterations)")]),
 }
 
 
@@ -88,17 +113,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     args = parser.parse_args()
-    for title, (pair, rows) in TABLES.items():
+    for title, (pair, rows, *table_base) in TABLES.items():
         print(f"### {title}\n\n| row | test top-1 (last epoch, mean ± std, 5 seeds) | Δ vs labels only | p (Welch) |")
         print("|---|---|---|---|")
         for label, text, *against in rows:
             where, _, name = label.rpartition("/")
             where = where or pair
-            base_pair, _, base_label = (against[0] if against else f"{where}/ce").rpartition("/")
-            base = last_values(args.folder, base_pair, base_label)  # labels only, the same architecture
+            baseline = against[0] if against else (table_base[0] if table_base else f"{where}/ce")
+            base_pair, _, base_label = (baseline or "").rpartition("/")
+            base = last_values(args.folder, base_pair, base_label) if baseline else []  # labels only, same arch
             values = independent_ensemble(args.folder, where) if name == "independent_ensemble" \
                 else last_values(args.folder, where, name)
-            if name == "ce" or not values or not base:
+            if f"{where}/{name}" == baseline or name == "ce" or not values or not base:
                 delta, p = "-", "-"
             else:
                 delta = f"{statistics.fmean(values) - statistics.fmean(base):+.2f}"

@@ -161,14 +161,14 @@ def test_pair_schema_for_pipeline_rows(tmp_path):
 
 
 def test_paradigm_suite_pipeline_pairs_expand(tmp_path):
-    names = ["mnist1d-ban", "mnist1d-takd", "digits-munge", "mnist1d-deepinversion"]
+    names = ["mnist1d-ban", "mnist1d-takd", "digits-munge", "mnist1d-deepinversion", "digits-deepinversion"]
     suite = load_suite("paradigms")
     out = tmp_path / "grid"
     runs, _ = suite.grid(out, pairs=names)
-    assert len(runs) == 20 and all(isinstance(r, PipelineRun) for r in runs)
+    assert len(runs) == 25 and all(isinstance(r, PipelineRun) for r in runs)
     assert sorted({(r.pair, r.label) for r in runs}) == sorted(
         [("mnist1d-ban", "ban"), ("mnist1d-takd", "takd"), ("digits-munge", "munge"),
-         ("mnist1d-deepinversion", "deepinversion")])
+         ("mnist1d-deepinversion", "deepinversion"), ("digits-deepinversion", "deepinversion")])
     for spec in runs[::5]:
         pipe = spec.load()
         assert pipe.spec.vars["seed"] == spec.seed and pipe.spec.result
@@ -176,8 +176,19 @@ def test_paradigm_suite_pipeline_pairs_expand(tmp_path):
     dry = CliRunner().invoke(app, ["bench", "paradigms", "--pairs", ",".join(names), "--out", str(out),
                                    "--dry-run", "--commands"])
     assert dry.exit_code == 0, dry.output
-    assert "20 runs" in dry.output and "new 5" in dry.output
+    assert "25 runs" in dry.output and "new 5" in dry.output
     assert (f"distillab pipeline configs/mnist1d/ban.yaml train.checkpoint_every=10 train.tensorboard=false "
             f"--var seed=3 --out {out / 'runs/mnist1d-ban/ban/seed3'}") in dry.output
     assert "teacher: distillab train-teacher" not in dry.output  # these pairs need no teacher of the grid's
     assert not out.exists()  # a dry run runs nothing
+
+
+def test_a_second_pair_given_as_an_override_is_refused_before_any_run(tmp_path):
+    out = tmp_path / "grid"
+    result = CliRunner().invoke(app, ["bench", "paradigms", "--pairs", "mnist1d-ban", "digits-munge", "--out", str(out)])
+    assert result.exit_code == 2
+    assert "'digits-munge' is a pair of the suite, not an override" in result.output
+    assert "--pairs mnist1d-ban,digits-munge" in result.output
+    result = CliRunner().invoke(app, ["bench", "paradigms", "--pairs", "mnist1d-ban", "epochs", "--out", str(out)])
+    assert "override 'epochs' is not of the form key=value" in result.output
+    assert not out.exists()

@@ -64,6 +64,9 @@ def test_dfad_reads_no_data_and_resumes_bit_identically(tmp_path, teacher_file, 
     row = read_metrics(full_dir / "metrics.csv")[-1]
     assert {"train/dfad", "train/dfad.generator"} <= set(row) and row["train/dfad.generator"] <= 0
     assert full["models"]["generator"]["test_top1"] is None and (full_dir / "models" / "generator.pt").is_file()
+    from distillab.models import load_model
+    generator = load_model(full_dir, name="generator").model.eval()  # the saved record rebuilds it
+    assert generator(torch.randn(4, 8)).shape == (4, 1, 40)
     original = Trainer.train_epoch
 
     def crash_at_3(self, epoch, progress=None, **kwargs):

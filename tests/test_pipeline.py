@@ -47,6 +47,8 @@ def ban(generations: int = 2) -> dict:
     (lambda s: s["steps"][1].pop("config"), r"a distill step needs `config`"),
     (lambda s: s["steps"][1].update(command="distil"), r"unknown step command 'distil': did you mean 'distill'"),
     (lambda s: s["steps"][1].update(name="gen0"), r"step names must be unique"),
+    (lambda s: s["steps"][2]["overrides"].append("optim.lrr=0.1"),  # the last step, checked before the first runs
+     r"(?s)step 'gen2': invalid config .*unknown key 'optim.lrr': did you mean 'optim.lr'"),
 ])
 def test_bad_pipelines_are_refused_before_anything_runs(tmp_path, change, message):
     spec = ban()

@@ -34,6 +34,7 @@ def test_munge_compression_pipeline(tmp_path):
          "params": {"ensemble": ["${m0.run}", "${m1.run}"], "multiplier": 2, "seed": 0}},
         {"name": "small", "command": "distill", "config": "configs/tabular/compress.yaml",
          "overrides": ["data.options={path: ${munge.data}}", "train.epochs=5", "student.options.input_features=13"]},
+        {"name": "originals", "command": "munge", "params": {"ensemble": ["${m0.run}", "${m1.run}"], "multiplier": 0}},
     ], "ensembles": {"ensemble": ["m0", "m1"]}}
     summary = run_pipeline(load_pipeline(write(tmp_path, spec)), tmp_path / "out", report=lambda _m: None)
     made = summary["steps"]["munge"]
@@ -46,6 +47,9 @@ def test_munge_compression_pipeline(tmp_path):
     small = json.loads((tmp_path / "out" / "small" / "summary.json").read_text())
     assert small["method"] == "compress" and small["test_top1"] > 50  # 3 classes: chance is 33 %
     assert summary["ensembles"]["ensemble"]["test_top1"] > 80
+    originals = build_dataset("tensors", path=summary["steps"]["originals"]["data"])
+    assert torch.equal(originals.train.inputs, data.train.inputs[:len(wine.train)])  # the training set alone
+    assert torch.equal(originals.train.fields["soft"], data.train.fields["soft"][:len(wine.train)])
 
 
 def test_munge_refuses_images(tmp_path):

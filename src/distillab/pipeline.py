@@ -222,7 +222,32 @@ def load_pipeline(path: str | Path, variables: list[str] | None = None) -> Pipel
             raise ConfigError(f"--var {text!r}: give NAME=VALUE for a variable of the pipeline's `vars` "
                               f"({', '.join(spec.vars) or 'it has none'})")
         spec.vars[name] = yaml.safe_load(value)
-    return Pipeline(path.stem, spec, path, _check(spec, str(path)))
+    order = _check(spec, str(path))
+    _check_run_configs(spec, str(path))
+    return Pipeline(path.stem, spec, path, order)
+
+
+STAND_INS = ("model", "run", "data")  # outputs that are paths: a stand-in path lets a config load before they exist
+
+
+def _check_run_configs(spec: PipelineSpec, source: str) -> None:
+    """Every run step's config loaded with its overrides before anything runs, so that a typo in the last step
+    does not wait for the first ones to train. References to paths stand in as placeholders; a step that reads
+    another kind of output (``${select.arch}``) is checked when it starts."""
+    from distillab.plan import find_config
+
+    stand_in: dict[str, dict[str, Any]] = {s.name: {k: f"/not-yet-made/{s.name}/{k}" for k in STAND_INS}
+                                           for s in spec.steps}
+    stand_in[VARS] = spec.vars
+    for step in spec.steps:
+        if step.command not in RUN_COMMANDS or any(
+                ref != VARS and out.split(".")[0] not in STAND_INS for ref, out in _refs(step)):
+            continue
+        try:
+            load_config(find_config(_substitute(step.config, stand_in)),
+                        [_substitute(o, stand_in) for o in [*spec.overrides, *step.overrides]])
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline {source}, step {step.name!r}: {exc}") from None
 
 
 # ------------------------------------------------------------------ running

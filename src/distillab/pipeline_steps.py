@@ -175,8 +175,8 @@ def munge_step(params: dict, folder: Path, ctx: StepContext) -> dict[str, Any]:
     labelled with the ensemble's mean probability, written as a ``tensors`` data set (soft targets in the
     field ``soft``; the real test set kept for evaluation, with the same normalisation).
 
-    params: ``ensemble`` (run folders), ``p``, ``s``, ``multiplier`` (MUNGE: see :func:`distillab.munge.munge`),
-    ``nominal`` (indices of nominal attributes), ``keep_original`` (default true), ``seed``. Outputs: ``data``
+    params: ``ensemble`` (run folders), ``p``, ``s``, ``multiplier`` (MUNGE: see :func:`distillab.munge.munge`;
+    0: no pseudo-data, the training set alone labelled by the ensemble), ``nominal`` (indices of nominal attributes), ``keep_original`` (default true), ``seed``. Outputs: ``data``
     (the folder), ``size``, ``ensemble_top1`` (the ensemble's test top-1 on the real test set).
     """
     import torch
@@ -194,8 +194,14 @@ def munge_step(params: dict, folder: Path, ctx: StepContext) -> dict[str, Any]:
     x_train = bundle.test_transform(bundle.train.inputs)  # MUNGE in the standardised feature space
     x_test = bundle.test_transform(bundle.test.inputs)
     gen = torch.Generator().manual_seed(int(params.get("seed", 0)))
-    pseudo = munge(x_train, nominal=params.get("nominal", ()), p=float(params.get("p", 0.5)),
-                   s=float(params.get("s", 10.0)), multiplier=int(params.get("multiplier", 5)), generator=gen)
+    multiplier = params.get("multiplier", 5)
+    if multiplier == 0:  # no pseudo-data: the training set alone, labelled by the ensemble (the ablation row)
+        if not params.get("keep_original", True):
+            raise ConfigError("munge: multiplier 0 with keep_original false leaves an empty transfer set")
+        pseudo = x_train[:0]
+    else:
+        pseudo = munge(x_train, nominal=params.get("nominal", ()), p=float(params.get("p", 0.5)),
+                       s=float(params.get("s", 10.0)), multiplier=multiplier, generator=gen)
     transfer = torch.cat([x_train, pseudo]) if params.get("keep_original", True) else pseudo
     soft = _ensemble_probs(models, transfer)
     test_probs = _ensemble_probs(models, x_test)

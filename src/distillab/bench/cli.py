@@ -19,7 +19,7 @@ from rich.table import Table
 
 from distillab.bench import DONE, PARTIAL, collect, load_suite, run_state, run_suite
 from distillab.bench.report import TABLE_HEAD_LINES, table_rows
-from distillab.config import ConfigError
+from distillab.config import ConfigError, parse_override
 
 
 def _split(text: str | None) -> list[str] | None:
@@ -64,6 +64,11 @@ def bench_command(suite_name: str, overrides: list[str], *, out: Path | None, se
                   methods: str | None, pairs: str | None, workers: int, threads: int | None, dry_run: bool,
                   commands: bool, report_only: bool, console: Console) -> None:
     suite = load_suite(suite_name)
+    for text in overrides:  # before any run: a pipeline row would only read them in its worker
+        if "=" not in text and text in {p.name for p in suite.spec.pairs}:
+            raise ConfigError(f"{text!r} is a pair of the suite, not an override: give several pairs "
+                              f"comma-separated, e.g. --pairs {pairs or 'PAIR'},{text}")
+        parse_override(text)
     out_given = out is not None
     out = Path(out) if out is not None else Path("bench") / suite.name
     kwargs = dict(seeds=_seeds(seeds), methods=_split(methods), pairs=_split(pairs), overrides=overrides)
