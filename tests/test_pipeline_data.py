@@ -13,6 +13,7 @@ import yaml
 
 from distillab.config import ConfigError
 from distillab.data import build_dataset
+from distillab.inversion import InversionError
 from distillab.pipeline import load_pipeline, run_pipeline
 
 TINY = ["train.progress=false", "train.tensorboard=false", "train.device=cpu"]
@@ -106,3 +107,18 @@ def test_deepinversion_pipeline_and_its_resume(tmp_path, monkeypatch):
     s_a = torch.load(tmp_path / "full" / "student" / "model.pt")["model"]
     s_b = torch.load(tmp_path / "cut" / "student" / "model.pt")["model"]
     assert all(torch.equal(s_a[k], s_b[k]) for k in s_a)
+
+
+def test_adaptive_deepinversion_step_competes_with_a_student(tmp_path):
+    spec = inversion_spec(iterations=3)
+    spec["steps"] = spec["steps"][:2]
+    spec["steps"].insert(1, {"name": "small", "command": "train-teacher", "config": "configs/mnist1d/student_baseline.yaml",
+                             "overrides": ["train.epochs=1", "data.options.num_samples=300"]})
+    spec["steps"][2]["params"].update(adi=0.2, student="${small.run}", batches=1)
+    summary = run_pipeline(load_pipeline(write(tmp_path, spec)), tmp_path / "adi", report=lambda _m: None)
+    assert summary["steps"]["invert"]["size"] == 32
+    plain = inversion_spec(iterations=3)
+    plain["steps"][1]["params"].update(adi=0.2, batches=1)
+    plain["steps"] = plain["steps"][:2]
+    with pytest.raises(InversionError, match="adi=0.2 needs a student"):
+        run_pipeline(load_pipeline(write(tmp_path, plain, "plain")), tmp_path / "plain", report=lambda _m: None)

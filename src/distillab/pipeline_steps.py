@@ -230,7 +230,8 @@ def invert_step(params: dict, folder: Path, ctx: StepContext) -> dict[str, Any]:
 
     params: ``teacher`` (a run folder or model file), ``batches`` (how many batches; each has its own seed and
     labels continuing the class cycle), ``preset`` (cifar | imagenet) and any :class:`InversionSettings` option
-    (``batch_size``, ``iterations``, ``lr``, ``bn``, ``tv_l2``, ...), ``seed``. Resumable: the finished batches
+    (``batch_size``, ``iterations``, ``lr``, ``bn``, ``tv_l2``, ``adi``, ...), ``student`` (a run folder or model
+    file: the student of Adaptive DeepInversion's competition term, with ``adi`` > 0), ``seed``. Resumable: the finished batches
     and the current batch's state are checkpointed every ``checkpoint_every`` iterations. Outputs: ``data``,
     ``size``, ``seconds_per_sample``.
     """
@@ -245,8 +246,10 @@ def invert_step(params: dict, folder: Path, ctx: StepContext) -> dict[str, Any]:
     from distillab.inversion import Inverter, save_grid
     from distillab.models import load_model
 
-    options = {k: v for k, v in params.items() if k not in ("teacher", "batches", "seed", "checkpoint_every")}
+    options = {k: v for k, v in params.items()
+               if k not in ("teacher", "student", "batches", "seed", "checkpoint_every")}
     teacher = load_model(params["teacher"]) if "teacher" in params else None
+    student = load_model(params["student"]).model.eval() if params.get("student") else None
     if teacher is None:
         raise ConfigError("invert: give `teacher` (its run folder, e.g. ${teacher.run})")
     bundle = build_dataset(teacher.data, root=teacher.data_root, **teacher.data_options)
@@ -258,7 +261,7 @@ def invert_step(params: dict, folder: Path, ctx: StepContext) -> dict[str, Any]:
 
     def make(b: int) -> Inverter:
         return Inverter(net, input_shape=bundle.input_shape, num_classes=bundle.num_classes, seed=seed,
-                        batch_index=b, **options)
+                        batch_index=b, student=student, **options)
 
     probe = make(0)
     total = n_batches * probe.settings.iterations
