@@ -66,7 +66,10 @@ def test_steps_run_in_dependency_order(tmp_path):
 
 
 def test_born_again_pipeline_runs_skips_and_reports(tmp_path):
-    pipe = load_pipeline(write(tmp_path, ban()))
+    spec = ban()
+    spec["overrides"] = [*spec["overrides"], f"store={tmp_path / 'store'}"]
+    spec["steps"][0]["store"] = True  # generation 0 also goes into the teacher store
+    pipe = load_pipeline(write(tmp_path, spec))
     summary = run_pipeline(pipe, tmp_path / "out", report=lambda _m: None)
     assert list(summary["steps"]) == ["gen0", "gen1", "gen2"]
     gen2 = json.loads((tmp_path / "out" / "gen2" / "summary.json").read_text())
@@ -76,8 +79,15 @@ def test_born_again_pipeline_runs_skips_and_reports(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("model.pt")}
     said: list[str] = []
     run_pipeline(pipe, tmp_path / "out", report=said.append)  # everything finished: nothing trains again
-    assert all("done before" in line for line in said)
+    assert all("done before" in line for line in said), said
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("model.pt")}
+    from distillab.config import load_config
+    from distillab.plan import find_config
+    from distillab.store import TeacherStore
+    gen0 = load_config(find_config("configs/mnist1d/student_baseline.yaml"),
+                       [*spec["overrides"], *spec["steps"][0]["overrides"]])
+    stored = TeacherStore(tmp_path / "store").find(gen0)  # another run finds generation 0 by its config
+    assert stored is not None and stored.read_bytes() == (tmp_path / "out" / "gen0" / "model.pt").read_bytes()
 
 
 def test_interrupted_pipeline_ends_with_the_uninterrupted_weights(tmp_path, monkeypatch):

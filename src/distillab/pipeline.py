@@ -360,8 +360,8 @@ def _run_steps(pipe: Pipeline, out: Path, console, report: Callable[[str], None]
                 label = "teacher" if step.command == "train-teacher" else "distill"
                 summary, _ = run(cfg, resume=folder if state == PARTIAL else None, console=console, label=label,
                                  run_dir=None if state == PARTIAL else folder)
-                if step.store:
-                    _store(cfg, step, folder, summary, report)
+            if step.store:  # also a step finished before (stopped between its last epoch and the store)
+                _store(cfg, step, folder, summary, report)
             outputs[name] = _run_outputs(folder)
             results[name] = {"command": step.command, "test_top1": summary.get("test_top1"),
                              "models": summary.get("models"), "folder": str(folder),
@@ -402,8 +402,12 @@ def _store(cfg: RunConfig, step: StepSpec, folder: Path, summary: dict, report: 
     from distillab.store import TeacherStore
 
     store = TeacherStore(cfg.store)
-    if store.find(cfg) is not None:
-        report(f"{step.name}: the store already holds this model; kept as it is")
+    held = store.find(cfg)
+    if held is not None:
+        import filecmp
+
+        if not filecmp.cmp(held, folder / "model.pt", shallow=False):  # another run's model: say so, keep it
+            report(f"{step.name}: the store already holds a model of this config ({held}); kept as it is")
         return
     path = store.put(cfg, folder / "model.pt", summary, config=step.config, overrides=list(step.overrides))
     report(f"{step.name}: stored {path}")
