@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,11 @@ def launch(config: Path, out: Path, *extra: str, processes: int = 2) -> dict[int
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    if done.returncode != 0 and "Signal 6 (SIGABRT)" in done.stderr:
+        # gloo on a loaded 2-core machine has, rarely, aborted a rank in its own C++ teardown ("terminate
+        # called without an active exception"); a real fault repeats, so one more launch tells them apart
+        warnings.warn(f"a worker was aborted by gloo; launching once more:\n{done.stderr[-1500:]}")
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, f"worker failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return {r: torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(processes)}
 

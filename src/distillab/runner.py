@@ -179,8 +179,12 @@ def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: b
         torch.cuda.set_device(device)
     comm.init_process_group(dist, device)
     try:
-        return _run(cfg, dist, device, resume=resume, console=console, progress=progress,
-                    report=report if dist.is_main else (lambda _msg: None), label=label, run_dir=run_dir)
+        result = _run(cfg, dist, device, resume=resume, console=console, progress=progress,
+                      report=report if dist.is_main else (lambda _msg: None), label=label, run_dir=run_dir)
+        # every rank reaches this point before any tears the group down: a rank that closes its gloo
+        # connections while a peer still finishes its last collective aborts that peer (SIGABRT)
+        comm.barrier()
+        return result
     finally:
         comm.destroy_process_group()
 
