@@ -69,7 +69,9 @@ def read_runs(spec: RunSpec | PipelineRun) -> list[RunRow]:
     if row.status != "done":
         return [row]
     s = json.loads((spec.folder / "summary.json").read_text())
-    trained = [n for n, m in (s.get("models") or {}).items() if m["role"] == "trainable" and n != "student"]
+    # models that are scored (a generator of data-free distillation is trained, never evaluated: no row)
+    trained = [n for n, m in (s.get("models") or {}).items()
+               if m["role"] == "trainable" and n != "student" and m.get("test_top1") is not None]
     if not trained:
         return [row]
     extra = [(n, s["models"][n]["test_top1"], f"test/{n}/top1") for n in trained]
