@@ -358,7 +358,9 @@ def measure_method(method: str, args: argparse.Namespace, device: torch.device) 
 
 def parse_methods(text: str, with_reference: bool = True) -> list[str]:
     """``all`` or a comma list of registered methods; the reference method comes first unless told not to."""
-    names = METHODS.names() if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    # all: every method of classifiers (language-model methods, paradigm "lm", run on text: not this benchmark's)
+    names = [n for n in METHODS.names() if METHODS.get(n).paradigm != "lm"] if text == "all" else \
+        [m.strip() for m in text.split(",") if m.strip()]
     for name in names:
         try:
             METHODS.get(name)

@@ -134,8 +134,10 @@ def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], 
             path = store.put(cfg, run_dir / "model.pt", summary, config=config, overrides=overrides)
             console.print(f"stored teacher: {path}" + (f" (the one it replaces: {aside})" if aside else ""),
                           soft_wrap=True)
-    msg = f"[bold]done[/]: test top-1 {summary['test_top1']:.2f}% (last epoch), best {summary['best_top1']:.2f}% " \
-          f"(epoch {summary['best_epoch']}); run folder {run_dir}"
+    lm = f", {summary['test_bpb']:.4f} bits per byte, perplexity {summary['test_ppl']:.3f}" \
+        if summary.get("test_bpb") is not None else ""
+    msg = f"[bold]done[/]: test top-1 {summary['test_top1']:.2f}%{lm} (last epoch), best top-1 " \
+          f"{summary['best_top1']:.2f}% (epoch {summary['best_epoch']}); run folder {run_dir}"
     console.print(msg)
     table = _models_table(summary)
     if table is not None:

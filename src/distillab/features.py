@@ -83,13 +83,14 @@ class FeatureTaps:
 
 @torch.no_grad()
 def probe_shapes(model: nn.Module, taps: Mapping[str, str], input_shape: tuple[int, ...],
-                 device: torch.device | str = "cpu") -> dict[str, torch.Size]:
-    """Run one dummy batch of 2 through ``model`` in eval mode and return each tap's shape (batch included)."""
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, torch.Size]:
+    """Run one dummy batch of 2 through ``model`` in eval mode and return each tap's shape (batch included).
+    ``dtype``: the input's (token ids of a language model: torch.long)."""
     was_training = model.training
     model.eval()
     try:
         with FeatureTaps(model, taps) as t:
-            model(torch.zeros(2, *input_shape, device=device))
+            model(torch.zeros(2, *input_shape, device=device, dtype=dtype))
             missing = [n for n in taps if n not in t.features]
             if missing:
                 raise RuntimeError(f"taps {missing} were never reached by a forward pass of {type(model).__name__}")

@@ -153,6 +153,73 @@ def _field_hint(data: str, field: str) -> str:
     return f"; {hints[field]}" if field in hints else ""
 
 
+def _default(factory, name: str):
+    """The default of keyword ``name`` in a registered factory's signature (None where it has none)."""
+    import inspect
+
+    p = inspect.signature(factory).parameters.get(name)
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
+def _check_task(cfg: RunConfig, objective: Objective, models: list[ModelPlan]) -> None:
+    """Language modelling and classification do not mix: models, terms and options must fit the data set's
+    task (a language model's context must hold the data's blocks)."""
+    from distillab.data import DATASETS
+    from distillab.models import MODELS
+
+    entry = DATASETS.entry(cfg.data.name)
+    task = entry.meta.get("task", "classification")
+    lm = task == "lm"
+    for m in models:
+        model_task = MODELS.entry(m.arch).meta.get("task", "classification")
+        if model_kind_is_generator(m.arch):
+            if lm:
+                raise ConfigError(f"{m.section}.arch: {m.arch!r} makes classifier inputs; data set {cfg.data.name!r} "
+                                  "is language modelling (token ids), which no generator here produces")
+            continue
+        if lm and model_task != "lm":
+            raise ConfigError(f"{m.section}.arch: {m.arch!r} is a classifier, but data set {cfg.data.name!r} is "
+                              "language modelling: choose a language model (gpt_nano ... gpt_medium, or hf_causal_lm; "
+                              "`distillab list models`)")
+        if not lm and model_task == "lm":
+            raise ConfigError(f"{m.section}.arch: {m.arch!r} is a language model, but data set {cfg.data.name!r} is "
+                              "classification: use a language-modelling data set (stdlib, textfiles)")
+    for name, term in objective.terms.items():
+        if task not in term.tasks:
+            hint = ("use a token-level term (token_kl, token_rkl, token_jsd, token_tvd; methods lm_fkl, lm_rkl, "
+                    "lm_jsd, lm_tvd) or ce") if lm else "use a classification method"
+            raise ConfigError(f"method term {name!r} ({type(term).__name__}) works on "
+                              f"{' and '.join(term.tasks)} outputs, not on {'language models' if lm else task}: {hint}")
+    if not lm:
+        return
+    if cfg.train.teacher_cache:
+        raise ConfigError("train.teacher_cache stores one output row per sample and augmentation; a language model's "
+                          "outputs are one per token: set train.teacher_cache=false (offline teacher logits are a "
+                          "pipeline step of their own)")
+    block_of = entry.meta.get("block")  # a data set whose block length is not an option (a folder's) says it
+    block = block_of(dict(cfg.data.options)) if block_of is not None else \
+        cfg.data.options.get("block", _default(DATASETS.get(cfg.data.name), "block"))
+    for name, term in objective.terms.items():
+        check = getattr(term, "check_block", None)  # terms that cut blocks (an on-policy prompt)
+        if block is not None and check is not None:
+            try:
+                check(int(block))
+            except ValueError as exc:
+                raise ConfigError(f"method term {name!r}: {exc}") from None
+    for m in models:
+        context = m.options.get("context", _default(MODELS.get(m.arch), "context"))
+        if block is not None and context is not None and int(block) > int(context):
+            raise ConfigError(f"data.options.block is {block} tokens but {m.section} ({m.arch}) has a context of "
+                              f"{context}: use a shorter block (data.options.block={context}) or a model with a "
+                              f"longer context ({m.section}.options.context={block}, for a model built new)")
+
+
+def model_kind_is_generator(arch: str) -> bool:
+    from distillab.models import model_kind
+
+    return model_kind(arch) == "generator"
+
+
 def check_plan(cfg: RunConfig) -> RunPlan:
     """Check everything a config says before any data set is read or model built; return the plan."""
     fields = check_data(cfg)
@@ -183,6 +250,7 @@ def check_plan(cfg: RunConfig) -> RunPlan:
                 raise ConfigError(f"method term {name!r} reads the batch field {f!r}, which data set "
                                   f"{cfg.data.name!r} does not provide (it provides: {', '.join(fields)})"
                                   f"{_field_hint(cfg.data.name, f)}")
+    _check_task(cfg, objective, models)
     trainable = {m.name for m in models if m.role == TRAINABLE}
     terms = set(objective.terms)
     for stage in objective.stages:

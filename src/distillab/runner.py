@@ -59,9 +59,37 @@ def build_model(plan: ModelPlan, data: DataBundle, store: TeacherStore) -> tuple
                   "overrides": list(plan.config.overrides)}
     else:
         path = plan.config.checkpoint
-    loaded = load_model(path, arch=plan.arch, options=plan.options, num_classes=data.num_classes, data=data.name,
-                        role=plan.name if plan.name in ("student", "teacher") else plan.section)
+    role = plan.name if plan.name in ("student", "teacher") else plan.section
+    if data.is_tokens:  # the vocabulary is checked as a tokenizer, with a message that names both
+        loaded = load_model(path, arch=plan.arch, options=plan.options, role=role)
+        check_tokenizer(loaded.tokenizer, loaded.num_classes, data, f"{role} checkpoint {str(path)!r}")
+    else:
+        loaded = load_model(path, arch=plan.arch, options=plan.options, num_classes=data.num_classes, data=data.name,
+                            role=role)
     return loaded.model, {"file": str(Path(path).resolve()), **origin}
+
+
+def _describe_tokenizer(tokenizer: dict | None, vocab: int) -> str:
+    if not tokenizer:
+        return f"an unrecorded tokenizer (vocabulary {vocab})"
+    digest = str(tokenizer.get("hash", ""))[:12]
+    return f"tokenizer {tokenizer.get('name')!r} (vocabulary {vocab}{', ' + digest if digest else ''})"
+
+
+def check_tokenizer(recorded: dict | None, vocab: int, data: DataBundle, what: str) -> None:
+    """Refuse a language model trained with another vocabulary or tokenizer than the data set's: its ids
+    would mean other text (a ConfigError naming both tokenizers and the fix)."""
+    ours = data.tokenizer or {}
+    same_vocab = vocab == data.num_classes
+    same_tokenizer = recorded is None or not ours or recorded.get("hash") == ours.get("hash")
+    if same_vocab and same_tokenizer:
+        return
+    raise ConfigError(f"{what} was trained with {_describe_tokenizer(recorded, vocab)} but data set {data.name!r} uses "
+                      f"{_describe_tokenizer(ours, data.num_classes)}: token ids would mean other text. Use the "
+                      f"tokenizer it was trained with (data.options.tokenizer"
+                      f"{'=' + str(recorded.get('name')) if recorded else ''}"
+                      f"{', data.options.vocab_size=' + str(vocab) if recorded and recorded.get('name') == 'bpe' else ''}"
+                      "), or train that model on this tokenizer")
 
 
 def build_models(plan: RunPlan, data: DataBundle, store: TeacherStore) -> ModelSet:
@@ -280,6 +308,8 @@ def save_models(trainer: Trainer, cfg: RunConfig, data: DataBundle, run_dir: Pat
         record = {"model": m.module.state_dict(), "arch": m.arch, "options": m.options, "input": m.input,
                   "num_classes": data.num_classes, "data": cfg.data.name,
                   "test_top1": summary["models"][m.name]["test_top1"], "config": cfg.model_dump(mode="json")}
+        if data.tokenizer is not None:
+            record["tokenizer"] = data.tokenizer
         if m.name != "student":
             record["name"] = m.name
         save_atomic(record, run_dir / "model.pt" if m.name == "student" else run_dir / "models" / f"{m.name}.pt")

@@ -101,6 +101,7 @@ def data_fields(name: str, options: dict[str, Any]) -> tuple[str, ...]:
     return (MAIN_INPUT, *(declared(dict(options)) if declared is not None else ()))
 
 
+IGNORE_INDEX = -100  # a label that counts nowhere (padding of a token sequence), as in F.cross_entropy
 RESERVED_FIELDS = (MAIN_INPUT, LABEL, INDEX)  # batch keys every batch has; no extra field may take them
 
 
@@ -108,10 +109,16 @@ RESERVED_FIELDS = (MAIN_INPUT, LABEL, INDEX)  # batch keys every batch has; no e
 class DataBundle:
     """Everything the engine needs to know about one data set.
 
-    name: registered name. kind: "image" (N, C, H, W), "signal" (N, C, L) or "vector" (N, D).
+    name: registered name. kind: "image" (N, C, H, W), "signal" (N, C, L), "vector" (N, D) or "tokens"
+    (language modelling: inputs are token ids (N, L), labels the next token at every position (N, L),
+    IGNORE_INDEX where a position is padding and counts nowhere; ``num_classes`` is the vocabulary size).
     mean/std: per-channel normalisation applied after scaling (uint8 inputs are divided by 255).
     augment: batched training augmentation applied after normalisation, or None.
     class_names: optional, for plots. fields: extra named inputs (the train and test sets hold them all).
+    tokenizer: for "tokens": what turned text into ids ({"name": ..., "vocab_size": ..., "hash": ...}),
+        recorded in checkpoints so a model is never read with another vocabulary.
+    token_bytes: for "tokens": (vocab_size,) the number of UTF-8 bytes each token stands for, so
+        held-out loss converts to bits per byte (comparable across tokenizers).
     """
 
     name: str
@@ -119,20 +126,28 @@ class DataBundle:
     test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]
-    kind: Literal["image", "signal", "vector"]
+    kind: Literal["image", "signal", "vector", "tokens"]
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     augment: Augment | None = None
     class_names: list[str] | None = field(default=None)
     fields: dict[str, InputField] = field(default_factory=dict)  # extra named inputs of every sample
+    tokenizer: dict[str, Any] | None = None
+    token_bytes: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         clash = set(self.fields) & set(RESERVED_FIELDS)
         if clash:
             raise ValueError(f"data set {self.name!r}: fields may not be called {sorted(clash)} (reserved)")
 
+    @property
+    def is_tokens(self) -> bool:
+        return self.kind == "tokens"
+
     def test_transform(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw batch -> normalised float batch (no augmentation)."""
+        """Raw batch -> normalised float batch (no augmentation); token ids stay integer ids."""
+        if self.is_tokens:
+            return x.long()
         return _normalise(x, self.mean, self.std)
 
     def train_transform(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -155,6 +170,8 @@ class DataBundle:
         if name == MAIN_INPUT:
             return self.test_transform(x)
         spec = self._field(name)
+        if self.is_tokens:  # per-token fields (token ids, stored log-probabilities) keep their values
+            return x
         return _normalise(x, spec.mean, spec.std)
 
     def _field(self, name: str) -> InputField:

@@ -128,9 +128,11 @@ class ModelSet:
                     raise FeatureError(m.name, feature, describe_features(m.module), why) from None
             m.taps = taps
 
-    def probe(self, field_shape: Callable[[str], tuple[int, ...]], device: torch.device) -> dict[str, dict]:
-        """Probed shapes of every model's taps: name -> {feature: shape} (generators read no batch field: none)."""
-        return {m.name: probe_shapes(m.module, m.taps, field_shape(m.input), device) if m.classifier else {}
+    def probe(self, field_shape: Callable[[str], tuple[int, ...]], device: torch.device,
+              dtype: torch.dtype = torch.float32) -> dict[str, dict]:
+        """Probed shapes of every model's taps: name -> {feature: shape} (generators read no batch field: none).
+        ``dtype``: the inputs' (token ids: torch.long)."""
+        return {m.name: probe_shapes(m.module, m.taps, field_shape(m.input), device, dtype) if m.classifier else {}
                 for m in self}
 
     def parameter_groups(self, extra: list[nn.Parameter]) -> list[dict]:

@@ -45,16 +45,36 @@ class TrainingProgress:
             if step % self.every and step != self.steps:
                 return
             means = state.means()
-            rate = state.samples / max(time.perf_counter() - self._tic, 1e-9)
-            info = f"loss {means['train/loss']:.3f}  acc {means['train/top1']:.1f}%  {rate:,.0f} img/s"
+            elapsed = max(time.perf_counter() - self._tic, 1e-9)
+            if int(state.counted) != state.samples:  # a language model: accuracy and rate per token
+                rate = f"{int(state.counted) / elapsed:,.0f} tok/s"
+            else:
+                rate = f"{state.samples / elapsed:,.0f} img/s"
+            info = f"loss {means['train/loss']:.3f}  acc {means['train/top1']:.1f}%  {rate}"
             self.progress.update(self._step_task, completed=step, info=info)
 
         return update
 
     def end_epoch(self, epoch: int, row: dict) -> None:
-        test = row.get("test/top1")
-        info = f"train {row['train/top1']:.1f}%" + (f"  test {test:.2f}%" if test is not None else "")
-        self.progress.update(self._epoch_task, completed=epoch, info=info)
+        self.progress.update(self._epoch_task, completed=epoch, info=_test_summary(row, short=True))
+
+
+def _test_summary(row: dict, short: bool) -> str:
+    """Train and test accuracy of an epoch's row; a language model's test perplexity and bits per byte too."""
+    test = row.get("test/top1")
+    if short:
+        text = f"train {row['train/top1']:.1f}%" + (f"  test {test:.2f}%" if test is not None else "")
+    else:
+        text = f"train top-1 {row['train/top1']:.2f}" + (f"  test top-1 {test:.2f}" if test is not None else "")
+    if row.get("test/ppl") is not None:
+        text += f"  ppl {row['test/ppl']:.3f}  bpb {row['test/bpb']:.4f}"
+    return text
+
+
+def _rate(row: dict) -> str:
+    if "throughput/tokens_per_s" in row:
+        return f"{row['throughput/tokens_per_s']:,.0f} tok/s"
+    return f"{row.get('throughput/images_per_s', 0):,.0f} img/s"
 
 
 class EpochLines:
@@ -80,10 +100,8 @@ class EpochLines:
     def end_epoch(self, epoch: int, row: dict) -> None:
         losses = "  ".join(f"{k.removeprefix('train/')} {v:.4f}" for k, v in row.items()
                            if k.startswith("train/") and "top1" not in k and "/" not in k.removeprefix("train/"))
-        test = row.get("test/top1")
-        parts = [f"{self.label} epoch {epoch}/{self.epochs}", losses, f"train top-1 {row['train/top1']:.2f}",
-                 f"test top-1 {test:.2f}" if test is not None else "",
-                 f"{row.get('throughput/images_per_s', 0):,.0f} img/s", f"{row.get('time/epoch_s', 0):.1f} s"]
+        parts = [f"{self.label} epoch {epoch}/{self.epochs}", losses, _test_summary(row, short=False),
+                 _rate(row), f"{row.get('time/epoch_s', 0):.1f} s"]
         self._print("  ".join(p for p in parts if p))
 
     def _print(self, text: str) -> None:

@@ -21,17 +21,20 @@ class BatchRunner:
     For steps of their own: ``models`` (the run's models by name), ``rng`` (a generator seeded by the run's seed
     and the epoch: what a step draws, e.g. a generator's noise, is the same on a resumed run), ``batch_size``,
     ``labels`` (what ``train/top1`` is measured against: a step without data may set it, e.g. to the teacher's
-    predictions), ``optimizers`` ("" is the run's optimiser; models with their own are under their names).
+    predictions), ``optimizers`` ("" is the run's optimiser; models with their own are under their names),
+    ``replace_batch`` (train this step on other inputs: an on-policy step's generated sequences).
     """
 
     def __init__(self, *, models: ModelSet, objective: nn.Module, step_module: nn.Module, autocast: Callable,
                  optimizers: dict[str, torch.optim.Optimizer], fields: dict[str, torch.Tensor],
                  labels: torch.Tensor, index: torch.Tensor, frozen: dict[str, ModelOutputs], taps: dict, epoch: int,
-                 rng: torch.Generator | None = None) -> None:
+                 rng: torch.Generator | None = None,
+                 run_frozen: Callable[[dict[str, torch.Tensor]], dict[str, ModelOutputs]] | None = None) -> None:
         self.models, self.objective, self.step_module = models, objective, step_module
         self.autocast, self.optimizers = autocast, optimizers
         self.fields, self.labels, self.index, self.frozen, self.taps, self.epoch = fields, labels, index, frozen, taps, epoch
         self.rng = rng
+        self.run_frozen = run_frozen
         self.batch_size = len(index)
         self.trainable = [m.name for m in models.trainable if m.classifier]
 
@@ -51,6 +54,14 @@ class BatchRunner:
                       self.epoch, self.objective.stage, outputs, self.fields)
         total, logs = self.objective(batch)
         return total, logs, {n: outputs[n].logits for n in self.trainable}
+
+    def replace_batch(self, fields: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        """Train this step on ``fields`` / ``labels`` instead of the loader's batch; the frozen models run on
+        them anew (under the step's autocast)."""
+        self.fields, self.labels = fields, labels
+        if self.run_frozen is not None:
+            with self.autocast():
+                self.frozen = self.run_frozen(fields)
 
     def update(self, total: torch.Tensor, models: Sequence[str] | None = None) -> None:
         """Backpropagate ``total`` and step the optimisers: all of them, or only those that own ``models`` (a

@@ -29,7 +29,7 @@ from distillab.data.augment import AugmentPlan
 from distillab.data.base import DataBundle
 from distillab.engine.batches import BatchPreparer
 from distillab.engine.device import autocast, resolve_device, rng_state, set_rng_state
-from distillab.engine.evaluation import ENSEMBLE, evaluate_models, extract_features
+from distillab.engine.evaluation import ENSEMBLE, correct_and_count, evaluate_models, extract_features
 from distillab.engine.loader import BatchLoader, SyntheticSteps, epoch_generator
 from distillab.engine.logger import MetricsLogger, read_metrics
 from distillab.engine.epoch_state import EpochState
@@ -97,7 +97,7 @@ class Trainer:
         except FeatureError as exc:
             readers = objective.feature_readers(exc.model, exc.feature)
             raise ConfigError(f"{exc}; choose others with {' or '.join(readers)}") from None
-        shapes = self.models.probe(data.field_shape, self.device)
+        shapes = self.models.probe(data.field_shape, self.device, torch.long if data.is_tokens else torch.float32)
         objective.setup(SetupContext(
             num_classes=data.num_classes, num_train=len(data.train), student_shapes=shapes["student"],
             teacher_shapes=shapes.get("teacher", {}), data=data, train_labels=getattr(data.train, "labels", None),
@@ -216,12 +216,19 @@ class Trainer:
             "teacher_top1": self.teacher_top1,
             "frozen_top1": dict(self.frozen_top1),
             "history": self.logger.rows,
+            **({"tokenizer": self.data.tokenizer} if self.data.tokenizer is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError("this file is not a distillab training checkpoint (a bare model state dict cannot "
                              "resume a run; load it as student.checkpoint instead)")
+        ours, theirs = self.data.tokenizer, state.get("tokenizer")
+        if ours is not None and theirs is not None and ours.get("hash") != theirs.get("hash"):
+            raise CheckpointError(f"this checkpoint was trained with tokenizer {theirs.get('name')!r} (vocabulary "
+                                  f"{theirs.get('vocab_size')}, {str(theirs.get('hash'))[:12]}) but the data set now "
+                                  f"gives {ours.get('name')!r} (vocabulary {ours.get('vocab_size')}, "
+                                  f"{str(ours.get('hash'))[:12]}): resume with the data options it was trained with")
         self.student.load_state_dict(state["model"])
         saved = state.get("models", {})
         for m in self.models.trainable:
@@ -293,10 +300,13 @@ class Trainer:
                 runner = BatchRunner(
                     models=self.models, objective=self.objective, step_module=self.step_module, autocast=self.autocast,
                     optimizers=optimizers, fields=fields, labels=raw[LABEL], index=raw[INDEX], frozen=frozen, taps=taps,
-                    epoch=epoch, rng=step_gen)
+                    epoch=epoch, rng=step_gen,
+                    run_frozen=lambda new, idx=raw[INDEX]: self.frozen.outputs(new, idx, None, taps))
                 total, logs, logits = self.step_fn(runner)
                 y = runner.labels
-                state.add(len(y), {n: (v.detach().argmax(1) == y).sum() for n, v in logits.items()}, total, logs)
+                scored = {n: correct_and_count(v.detach(), y) for n, v in logits.items()}
+                counted = next(iter(scored.values()))[1] if scored else None
+                state.add(len(y), {n: c for n, (c, _) in scored.items()}, total, logs, counted)
                 if progress is not None:
                     progress(step, state)
         state.reduce()
@@ -377,12 +387,13 @@ class Trainer:
         ensemble (mean probability) ``test/ensemble/...``."""
         models = list(models) if models is not None else self.models.evaluated
         several = len(models) > 1
-        scores = evaluate_models(models, self.test_loader, self.batches, self.autocast, self.device, ensemble=several)
+        scores = evaluate_models(models, self.test_loader, self.batches, self.autocast, self.device, ensemble=several,
+                                 token_bytes=self.data.token_bytes)
         first = "student" if "student" in scores else models[0].name
-        row = {"test/loss": scores[first]["loss"], "test/top1": scores[first]["top1"]}
+        row = {f"test/{k}": v for k, v in scores[first].items()}  # loss, top1 (+ ppl, bpb of a language model)
         if several:
             for name, s in scores.items():
-                row.update({f"test/{name}/loss": s["loss"], f"test/{name}/top1": s["top1"]})
+                row.update({f"test/{name}/{k}": v for k, v in s.items()})
         return row
 
     def fit(self, progress_factory: Callable | None = None) -> dict:
@@ -390,9 +401,11 @@ class Trainer:
         t = self.cfg.train
         for m in self.models.frozen:
             if m.name not in self.frozen_top1:
-                self.frozen_top1[m.name] = evaluate_models([m], self.test_loader, self.batches, self.autocast,
-                                                           self.device)[m.name]["top1"]
-                self.report(f"{m.name} top-1 on the test set: {self.frozen_top1[m.name]:.2f}")
+                scores = evaluate_models([m], self.test_loader, self.batches, self.autocast, self.device,
+                                         token_bytes=self.data.token_bytes)[m.name]
+                self.frozen_top1[m.name] = scores["top1"]
+                extra = f", {scores['bpb']:.4f} bits per byte" if "bpb" in scores else ""
+                self.report(f"{m.name} top-1 on the test set: {self.frozen_top1[m.name]:.2f}{extra}")
         steps = len(self.train_loader)
         start = time.perf_counter()
         for stage in self.objective.stages:
@@ -414,6 +427,8 @@ class Trainer:
                 elapsed = time.perf_counter() - tic
                 row = {"epoch": epoch, "lr": lr, **state.means(),
                        "time/epoch_s": elapsed, "throughput/images_per_s": state.samples / max(elapsed, 1e-9)}
+                if self.data.is_tokens:  # a language model's samples are sequences: its rate is in tokens
+                    row["throughput/tokens_per_s"] = int(state.counted) / max(elapsed, 1e-9)
                 for name, cache in self.caches.items():  # this rank's share of outputs read from the cache
                     row["teacher_cache/hit_rate" if name == "teacher" else f"teacher_cache/{name}/hit_rate"] = \
                         cache.hit_rate
@@ -458,4 +473,9 @@ class Trainer:
         }
         if several:
             out["ensemble_top1"] = last.get(f"test/{ENSEMBLE}/top1")
+        if self.data.is_tokens:  # a language model: held-out loss per token, perplexity, bits per byte
+            out.update({"test_loss": last.get("test/loss"), "test_ppl": last.get("test/ppl"),
+                        "test_bpb": last.get("test/bpb"), "tokenizer": self.data.tokenizer,
+                        "tokens_per_s": (sum(r.get("throughput/tokens_per_s", 0.0) for r in rows) / len(rows))
+                        if rows else None})
         return out

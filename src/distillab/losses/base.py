@@ -46,6 +46,8 @@ class LossTerm(nn.Module):
     student_features: tuple[str, ...] = ()
     teacher_features: tuple[str, ...] = ()
     input_fields: tuple[str, ...] = ()  # batch fields the term reads itself (``batch.fields[name]``), e.g. soft targets
+    # the outputs it understands: "classification" ((N, C) logits per sample), "lm" ((N, L, V) per token)
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     roles: Mapping[str, str] = {"student": "student", "teacher": "teacher"}  # role -> model name
 
     def bind(self, models: Mapping[str, str]) -> None:

@@ -24,6 +24,7 @@ class CrossEntropy(LossTerm):
     """
 
     needs_teacher = False
+    tasks = ("classification", "lm")  # a language model's (N, L, V) logits: per real token
 
     def __init__(self, label_smoothing: float = 0.0, models: str | list[str] = "student") -> None:
         super().__init__()
@@ -68,9 +69,15 @@ class CrossEntropy(LossTerm):
 
     def forward(self, batch: Batch) -> torch.Tensor | dict[str, torch.Tensor]:
         if self.which == "student":
-            return F.cross_entropy(batch.student.logits.float(), batch.labels, label_smoothing=self.label_smoothing)
-        return {name: F.cross_entropy(batch.output(name).logits.float(), batch.labels,
-                                      label_smoothing=self.label_smoothing) for name in self._bound_names()}
+            return ce_loss(batch.student.logits, batch.labels, self.label_smoothing)
+        return {name: ce_loss(batch.output(name).logits, batch.labels, self.label_smoothing)
+                for name in self._bound_names()}
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy in fp32: of a classifier's (N, C) logits per sample, of a language model's (N, L, V)
+    per real token (labels -100, ``IGNORE_INDEX``, count nowhere: the mean is over real tokens)."""
+    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), label_smoothing=label_smoothing)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

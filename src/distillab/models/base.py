@@ -123,6 +123,7 @@ class LoadedModel:
     data_root: str | None = None  # where that data set was read from (its run's data.root)
     input: str = "input"  # the batch field it was trained to read
     test_top1: float | None = None
+    tokenizer: dict | None = None  # a language model's: what turned its text into ids (name, vocab_size, hash)
 
     @property
     def label(self) -> str:
@@ -220,7 +221,7 @@ def load_model(source: str | Path, *, name: str | None = None, arch: str | None 
     return LoadedModel(model=model, path=path, arch=arch, options=dict(options), num_classes=int(classes),
                        data=meta.get("data"), data_options=dict(data_cfg.get("options") or {}),
                        data_root=data_cfg.get("root"), input=meta.get("input") or "input",
-                       test_top1=meta.get("test_top1"))
+                       test_top1=meta.get("test_top1"), tokenizer=meta.get("tokenizer"))
 
 
 def count_parameters(model: nn.Module) -> int:
