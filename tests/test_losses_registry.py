@@ -15,6 +15,9 @@ from distillab.losses import LOSSES
 from distillab.models import create_model
 
 LOSS_NAMES = LOSSES.names()
+# the terms that take a classifier's outputs; those for language models only are checked on (N, L, V) outputs in
+# tests/test_lm_losses.py
+CLASSIFICATION_LOSSES = [n for n in LOSS_NAMES if "classification" in LOSSES.get(n).tasks]
 # a run with every kind of model a term may read: peers, several teachers, a generator (data-free terms)
 ROLES = {"student": TRAINABLE, "peer": TRAINABLE, "generator": TRAINABLE, "teacher": FROZEN, "teacher2": FROZEN}
 NUM_CLASSES, BATCH, NUM_TRAIN = 10, 8, 64
@@ -41,7 +44,7 @@ def _outputs(term, models, x):
     return outputs
 
 
-@pytest.mark.parametrize("loss", LOSS_NAMES)
+@pytest.mark.parametrize("loss", CLASSIFICATION_LOSSES)
 def test_every_loss_binds_sets_up_and_trains_only_what_it_should(loss, models):
     term = LOSSES.get(loss)()
     term.bind(ROLES)

@@ -32,7 +32,16 @@ def _reads_data_fields(method: str) -> bool:
     return any(getattr(LOSSES.get(t.loss)(), "input_fields", ()) for t in METHODS.get(method).terms.values())
 
 
-METHOD_NAMES = [m for m in METHODS.names() if not m.startswith("_") and not _reads_data_fields(m)]
+def _classification(method: str) -> bool:
+    """Methods whose terms all take a classifier's outputs; language-model presets (lm_fkl, ...) have no MNIST-1D or
+    CIFAR config and are checked on (N, L, V) outputs in tests/test_lm_losses.py."""
+    from distillab.losses import LOSSES
+
+    return all("classification" in LOSSES.get(t.loss).tasks for t in METHODS.get(method).terms.values())
+
+
+METHOD_NAMES = [m for m in METHODS.names()
+                if not m.startswith("_") and not _reads_data_fields(m) and _classification(m)]
 MNIST1D_CONFIG = {"ce": "student_baseline", "ban": "ban_generation"}  # ban.yaml is the pipeline of generations
 CIFAR_CONFIG = {"ce": "student_resnet8x4", "ban": "ban_generation_resnet8x4"}
 

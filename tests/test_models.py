@@ -13,8 +13,9 @@ from distillab.features import parse_tap, probe_shapes, resolve_module
 from distillab.models import MODELS, ZooModel, count_parameters, create_model, load_state_dict_compat
 from distillab.registry import RegistryError
 
-NAMES = [n for n in MODELS.names() if MODELS.entry(n).meta.get("kind", "classifier") == "classifier"]
-GENERATORS = [n for n in MODELS.names() if n not in NAMES]  # noise in, inputs out (data-free distillation)
+NAMES = [n for n in MODELS.names() if MODELS.entry(n).meta.get("kind", "classifier") == "classifier"
+         and MODELS.entry(n).meta.get("task") != "lm"]  # language models (token ids in): tests/test_gpt.py
+GENERATORS = [n for n in MODELS.names() if MODELS.entry(n).meta.get("kind") == "generator"]  # noise in, inputs out
 
 
 @functools.lru_cache(maxsize=None)

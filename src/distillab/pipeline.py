@@ -214,6 +214,7 @@ def load_pipeline(path: str | Path, variables: list[str] | None = None) -> Pipel
             loc = ".".join(str(p) for p in e["loc"])
             lines.append(f"  {loc}: {'unknown key' if e['type'] == 'extra_forbidden' else e['msg']}")
         raise ConfigError("\n".join(lines)) from None
+    import distillab.pipeline_lm  # noqa: F401 - registers the language-model data steps
     import distillab.pipeline_steps  # noqa: F401 - registers the data steps
 
     for text in variables or []:

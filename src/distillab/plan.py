@@ -67,6 +67,17 @@ class RunPlan:
         return next(m for m in self.models if m.name == name)
 
 
+def _derived(data: str) -> bool:
+    """A data set made from another by a pipeline step (a teacher's generations): a teacher trained on the
+    source is at home on it (the tokenizer check, when the models are loaded, still applies)."""
+    from distillab.data import DATASETS
+
+    try:
+        return bool(DATASETS.entry(data).meta.get("derived"))
+    except RegistryError:  # an unknown data set is refused by check_data, with its own message
+        return False
+
+
 def _frozen_plan(name: str, section: str, t: TeacherConfig, cfg: RunConfig) -> ModelPlan:
     """A frozen model: by checkpoint (arch from the config, the file or its training config) or by its
     training config in the store."""
@@ -77,7 +88,7 @@ def _frozen_plan(name: str, section: str, t: TeacherConfig, cfg: RunConfig) -> M
     if t.checkpoint is None and t.config is None:
         raise ConfigError(f"{section}: give `checkpoint` (a file) or `config` (a train-teacher YAML found in the store)")
     tcfg = load_config(find_config(t.config), t.overrides) if t.config is not None else None
-    if tcfg is not None and tcfg.data.name != cfg.data.name:
+    if tcfg is not None and tcfg.data.name != cfg.data.name and not _derived(cfg.data.name):
         raise ConfigError(f"{section}.config {t.config!r} trains on {tcfg.data.name!r} but this run uses "
                           f"{cfg.data.name!r}")
     if t.checkpoint is not None:  # architecture and options: the config's, else the file's record, else its config's

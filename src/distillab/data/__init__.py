@@ -8,8 +8,8 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from distillab.data import (cifar, digits, imagefolder, mnist1d, synthetic, tabular,  # noqa: F401 (registration)
-                            tensor_folder)
+from distillab.data import (arith, cifar, digits, imagefolder, mnist1d, synthetic,  # noqa: F401 (registration)
+                            tabular, tensor_folder, text, token_folder)
 from distillab.data.base import DATASETS, ArrayDataset, DataBundle, InputField, data_fields, default_data_root
 from distillab.core.errors import DataError, DataMissingError, UserError
 from distillab.registry import close_matches
