@@ -86,6 +86,15 @@ def test_held_out_metrics_match_an_independent_count(tmp_path, teacher):
 
 def test_resume_is_bit_identical(tmp_path, teacher, monkeypatch):
     full, full_dir = run(_kd(tmp_path, teacher, "name=full", method="lm_jsd", epochs=2))
+    cut, resumed = _interrupted_in_epoch_2_then_resumed(
+        monkeypatch, lambda: _kd(tmp_path, teacher, "name=cut", method="lm_jsd", epochs=2), tmp_path / "runs" / "cut")
+    a, b = torch.load(full_dir / "model.pt")["model"], torch.load(cut / "model.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_bpb"] == full["test_bpb"]
+
+
+def _interrupted_in_epoch_2_then_resumed(monkeypatch, cfg, cut):
+    """Run ``cfg()`` into ``cut`` with a Ctrl-C at the start of epoch 2, then resume it: (folder, summary)."""
     original = Trainer.train_epoch
 
     def crash_at_2(self, epoch, progress=None, **kwargs):
@@ -95,14 +104,11 @@ def test_resume_is_bit_identical(tmp_path, teacher, monkeypatch):
 
     monkeypatch.setattr(Trainer, "train_epoch", crash_at_2)
     with pytest.raises(KeyboardInterrupt):
-        run(_kd(tmp_path, teacher, "name=cut", method="lm_jsd", epochs=2))
+        run(cfg())
     monkeypatch.setattr(Trainer, "train_epoch", original)
-    cut = tmp_path / "runs" / "cut"
     assert load_checkpoint(cut / "checkpoints" / "last.pt")["epoch"] == 1
-    resumed, _ = run(_kd(tmp_path, teacher, "name=cut", method="lm_jsd", epochs=2), resume=cut)
-    a, b = torch.load(full_dir / "model.pt")["model"], torch.load(cut / "model.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed["test_bpb"] == full["test_bpb"]
+    resumed, _ = run(cfg(), resume=cut)
+    return cut, resumed
 
 
 def test_vocabulary_mismatch_is_refused_before_training(tmp_path, teacher):
@@ -233,19 +239,8 @@ def test_gkd_seq_kd_samples_from_the_teacher_and_resumes_bit_identically(tmp_pat
     full, full_dir = run(_kd(tmp_path, teacher, "name=full", *extra, method="gkd", epochs=2))
     steps = len(read_metrics(full_dir / "metrics.csv"))
     assert len(calls) > steps  # a teacher sample every step, and the student's in some
-    original = Trainer.train_epoch
-
-    def crash_at_2(self, epoch, progress=None, **kwargs):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch, progress, **kwargs)
-
-    monkeypatch.setattr(Trainer, "train_epoch", crash_at_2)
-    with pytest.raises(KeyboardInterrupt):
-        run(_kd(tmp_path, teacher, "name=cut", *extra, method="gkd", epochs=2))
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    cut = tmp_path / "runs" / "cut"
-    run(_kd(tmp_path, teacher, "name=cut", *extra, method="gkd", epochs=2), resume=cut)
+    cut, _ = _interrupted_in_epoch_2_then_resumed(
+        monkeypatch, lambda: _kd(tmp_path, teacher, "name=cut", *extra, method="gkd", epochs=2), tmp_path / "runs" / "cut")
     a, b = torch.load(full_dir / "model.pt")["model"], torch.load(cut / "model.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 

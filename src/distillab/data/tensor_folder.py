@@ -122,12 +122,8 @@ def save_tensor_dataset(folder: str | Path, train_x: torch.Tensor, train_y: torc
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"class_names must hold {num_classes} names, got {len(class_names)}")
 
-    buffer = io.BytesIO()
-    torch.save(tensors, buffer)
-    payload = buffer.getvalue()
     folder = Path(folder)
-    with atomic_file(folder / DATA_FILE) as fh:
-        fh.write(payload)
+    payload = write_payload(folder, tensors)
     write_json_atomic(folder / META_FILE, {
         "format": FORMAT, "version": VERSION,
         "num_classes": int(num_classes), "kind": kind, "input_shape": list(tensors["train_x"].shape[1:]),
@@ -175,22 +171,39 @@ def read_tensor_meta(path: str | Path | None) -> dict[str, Any]:
     return meta
 
 
-def _read_tensors(folder: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+def write_payload(folder: Path, tensors: dict[str, torch.Tensor]) -> bytes:
+    """``tensors`` saved atomically as ``folder/data.pt``; the bytes written (for the meta file's SHA-256)."""
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
+    payload = buffer.getvalue()
+    with atomic_file(Path(folder) / DATA_FILE) as fh:
+        fh.write(payload)
+    return payload
+
+
+def load_payload(folder: Path, meta: dict[str, Any], data_set: str) -> Any:
+    """``folder/data.pt``, refused unless it is the file ``meta`` (its SHA-256) describes: a DataMissingError or
+    DataError naming the data set and the file."""
     data_file = folder / DATA_FILE
     if not data_file.is_file():
-        raise DataMissingError(f"data set 'tensors': {str(data_file)!r} does not exist: write the folder again")
+        raise DataMissingError(f"data set {data_set!r}: {str(data_file)!r} does not exist: write the folder again")
     try:
         payload = data_file.read_bytes()
     except OSError as exc:
-        raise DataError(f"data set 'tensors': {str(data_file)!r} cannot be read ({exc})") from None
+        raise DataError(f"data set {data_set!r}: {str(data_file)!r} cannot be read ({exc})") from None
     if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
-        raise DataError(f"data set 'tensors': {str(data_file)!r} does not match {META_FILE} beside it (a write was "
+        raise DataError(f"data set {data_set!r}: {str(data_file)!r} does not match {META_FILE} beside it (a write was "
                         "interrupted, or a file was changed or copied from another folder): write the folder again")
     try:
-        tensors = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as exc:  # what torch.load raises on bad bytes
-        raise DataError(f"data set 'tensors': {str(data_file)!r} cannot be loaded "
+        raise DataError(f"data set {data_set!r}: {str(data_file)!r} cannot be loaded "
                         f"({type(exc).__name__}: {exc})") from None
+
+
+def _read_tensors(folder: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    data_file = folder / DATA_FILE
+    tensors = load_payload(folder, meta, "tensors")
     keys = ("train_x", "train_y", "test_x", "test_y")
     if meta.get("soft_targets"):
         keys += ("train_soft", "test_soft")

@@ -16,20 +16,17 @@ written atomically:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from distillab.core.errors import DataError, DataMissingError
-from distillab.core.files import atomic_file, write_json_atomic
+from distillab.core.files import write_json_atomic
 from distillab.data.base import DATASETS, IGNORE_INDEX, ArrayDataset, DataBundle, InputField
+from distillab.data.tensor_folder import META_FILE, load_payload, write_payload
 
-DATA_FILE = "data.pt"
-META_FILE = "meta.json"
 FORMAT = "distillab.token_blocks"
 VERSION = 1
 
@@ -61,12 +58,8 @@ def save_token_dataset(folder: str | Path, train_x: torch.Tensor, train_y: torch
         tensors[f"train_{name}"], tensors[f"test_{name}"] = train.detach().cpu(), test.detach().cpu()
         shapes[name] = {"shape": list(train.shape[1:]), "dtype": str(train.dtype).removeprefix("torch.")}
     tensors["token_bytes"] = token_bytes.detach().cpu().long()
-    buffer = io.BytesIO()
-    torch.save(tensors, buffer)
-    payload = buffer.getvalue()
     folder = Path(folder)
-    with atomic_file(folder / DATA_FILE) as fh:
-        fh.write(payload)
+    payload = write_payload(folder, tensors)
     write_json_atomic(folder / META_FILE, {
         "format": FORMAT, "version": VERSION, "tokenizer": dict(tokenizer), "block": int(train_x.shape[1]),
         "n_train": len(train_x), "n_test": len(test_x), "fields": shapes,
@@ -113,18 +106,7 @@ def token_blocks(root: str | Path | None = None, download: bool = False, path: s
     del root, download
     folder = _folder(path)
     meta = read_token_meta(folder)
-    data_file = folder / DATA_FILE
-    try:
-        payload = data_file.read_bytes()
-    except OSError as exc:
-        raise DataMissingError(f"data set 'token_blocks': {str(data_file)!r} cannot be read ({exc})") from None
-    if hashlib.sha256(payload).hexdigest() != meta.get("sha256"):
-        raise DataError(f"data set 'token_blocks': {str(data_file)!r} does not match {META_FILE} beside it (an "
-                        "interrupted write, or files from different folders): write the folder again")
-    try:
-        tensors = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as exc:
-        raise DataError(f"data set 'token_blocks': {str(data_file)!r} cannot be loaded ({exc})") from None
+    tensors = load_payload(folder, meta, "token_blocks")
     names = list(meta.get("fields", {}))
     fields = {n: InputField(tuple(meta["fields"][n]["shape"]), augment="none") for n in names}
     tokenizer = meta["tokenizer"]

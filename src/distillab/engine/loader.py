@@ -134,7 +134,7 @@ class SyntheticSteps:
         self.subset = None
 
     def set_epoch(self, epoch: int) -> None:
-        pass
+        """Nothing to reshuffle: the indices are placeholders and the step draws its inputs from the epoch's seed."""
 
     def set_subset(self, indices) -> None:
         if indices is not None:

@@ -35,6 +35,15 @@ KVCache = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values, each
 INIT_STD = 0.02  # GPT-2's initialisation of every weight matrix and embedding
 
 
+def check_generation(length: int, max_new_tokens: int, context: int, greedy: bool, temperature: float) -> None:
+    """Refuse (ValueError) a generation that would outgrow the model's context or sample at a temperature <= 0."""
+    if length + max_new_tokens > context:
+        raise ValueError(f"a prompt of {length} tokens plus {max_new_tokens} new ones exceeds the model's "
+                         f"context of {context}: generate at most {context - length} tokens or shorten the prompt")
+    if not greedy and temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature} (the most likely token: greedy=True)")
+
+
 def causal_mask(queries: int, keys: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(queries, keys) boolean mask, True where attention is allowed. The queries are the *last* ``queries``
     positions of the ``keys`` (bottom-right aligned), as when new tokens follow cached ones; SDPA's own
@@ -213,12 +222,7 @@ class GPT(ZooModel):
         """
         self._check(ids, attention_mask)
         n, length = ids.shape
-        if length + max_new_tokens > self.context:
-            raise ValueError(f"a prompt of {length} tokens plus {max_new_tokens} new ones exceeds the model's "
-                             f"context of {self.context}: generate at most {self.context - length} tokens or shorten "
-                             "the prompt")
-        if not greedy and temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature} (the most likely token: greedy=True)")
+        check_generation(length, max_new_tokens, self.context, greedy, temperature)
         if attention_mask is None:
             real, mask, positions = None, None, torch.arange(length, device=ids.device).expand(n, length)
         else:

@@ -24,6 +24,7 @@ from torch import nn
 
 from distillab.core.errors import UserError
 from distillab.models.base import MODELS, FeatureStage, ZooModel
+from distillab.models.gpt import check_generation
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # where Hugging Face configs keep the longest sequence their position embeddings cover (GPT-2 maps the first to
@@ -202,12 +203,7 @@ class HFCausalLM(ZooModel):
         """
         self._check(ids, attention_mask)
         n, length = ids.shape
-        if length + max_new_tokens > self.context:
-            raise ValueError(f"a prompt of {length} tokens plus {max_new_tokens} new ones exceeds the model's "
-                             f"context of {self.context}: generate at most {self.context - length} tokens or shorten "
-                             "the prompt")
-        if not greedy and temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature} (the most likely token: greedy=True)")
+        check_generation(length, max_new_tokens, self.context, greedy, temperature)
         if max_new_tokens < 1:
             return ids
         settings = {"max_new_tokens": max_new_tokens, "do_sample": not greedy, "use_cache": True,
