@@ -189,3 +189,53 @@ def test_kd_run_gpt_student_from_an_hf_teacher_in_a_folder(tmp_path):
                        "method.name=lm_fkl"])
     summary, folder = run(cfg)
     assert summary["teacher"] == "hf_causal_lm" and summary["test_loss"] > 0
+
+
+def test_a_block_longer_than_the_hf_context_is_refused_before_reading_data(tmp_path, monkeypatch):
+    """The context of a Hugging Face model comes from its config (a dict, or the folder's config.json): the plan
+    reads it without building the model, for a student built new and for a teacher's folder."""
+    import distillab.runner as runner
+
+    monkeypatch.setattr(runner, "build_data", lambda cfg: pytest.fail("data read before the plan was checked"))
+    build(seed=5).model.save_pretrained(tmp_path / "hf_teacher")
+    teacher = _teacher_file(tmp_path / "teacher.pt", build(seed=5), "hf_causal_lm",
+                            {"path": str(tmp_path / "hf_teacher")})
+    base = [f"out_dir={tmp_path / 'runs'}", *TINY, "data.options.block=64", "teacher.config=null",
+            f"teacher.checkpoint={teacher}"]
+    with pytest.raises(Exception, match=r"block is 64 tokens but teacher \(hf_causal_lm\) has a context of 32"):
+        run(load_config(find_config("configs/lm/kd_gpt.yaml"), [*base, "student.arch=gpt_nano",
+                                                                 *_options("student", {**SMALL_GPT, "context": 64})]))
+    with pytest.raises(Exception, match=r"block is 64 tokens but student \(hf_causal_lm\) has a context of 32"):
+        run(load_config(find_config("configs/lm/kd_gpt.yaml"), [*base, "student.arch=hf_causal_lm",
+                                                                 f"student.options={{config: {_flow(GPT2)}}}"]))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_frozen_hf_teacher_from_its_folder_needs_no_model_file(tmp_path, monkeypatch):
+    """``teacher.arch: hf_causal_lm`` with ``options.path``: the folder holds the weights, so the teacher is
+    built from it as it is (the same run as with a model file wrapping the same weights); a folder that is not
+    a saved model is refused before any data is read."""
+    model = build(seed=5)
+    model.model.save_pretrained(tmp_path / "hf_teacher")
+    options = {"path": str(tmp_path / "hf_teacher")}
+    wrapped = _teacher_file(tmp_path / "teacher.pt", model, "hf_causal_lm", options)
+    common = [*TINY, "teacher.config=null", "student.arch=gpt_nano", *_options("student", SMALL_GPT),
+              "method.name=lm_fkl"]
+    cfg = load_config(find_config("configs/lm/kd_gpt.yaml"),
+                      [f"out_dir={tmp_path / 'runs'}", "name=folder", *common, "teacher.arch=hf_causal_lm",
+                       f"teacher.options={{path: {options['path']}}}"])
+    summary, folder = run(cfg)
+    _, file_run = run(load_config(find_config("configs/lm/kd_gpt.yaml"),
+                                  [f"out_dir={tmp_path / 'runs'}", "name=file", *common,
+                                   f"teacher.checkpoint={wrapped}"]))
+    a, b = torch.load(folder / "model.pt")["model"], torch.load(file_run / "model.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert summary["teacher"] == "hf_causal_lm"
+
+    import distillab.runner as runner
+
+    monkeypatch.setattr(runner, "build_data", lambda cfg: pytest.fail("data read before the plan was checked"))
+    with pytest.raises(HFFolderMissing, match="does not exist"):
+        run(load_config(find_config("configs/lm/kd_gpt.yaml"),
+                        [f"out_dir={tmp_path / 'runs'}", "name=missing", *common, "teacher.arch=hf_causal_lm",
+                         f"teacher.options={{path: {tmp_path / 'nowhere'}}}"]))

@@ -248,3 +248,37 @@ def test_gkd_seq_kd_samples_from_the_teacher_and_resumes_bit_identically(tmp_pat
 def test_gkd_prompt_longer_than_the_block_is_refused(tmp_path, teacher):
     with pytest.raises(ConfigError, match="prompt_len 40 leaves no continuation in blocks of 32"):
         run(_kd(tmp_path, teacher, "method.params.gkd.prompt_len=40", "method.params.gkd.lmbda=1", method="gkd"))
+
+
+def test_teacher_cache_runs_the_teacher_once_per_block_and_keeps_the_run(tmp_path, teacher):
+    """``train.teacher_cache`` on a language model: one (block, vocabulary) row of fp32 logits per block, so
+    the second epoch reads every teacher row and trains as the uncached run does (the teacher's numbers
+    recomputed on another batch composition may differ in the last bits only)."""
+    _, plain = run(_kd(tmp_path, teacher, "name=plain", method="lm_jsd", epochs=2))
+    _, cached = run(_kd(tmp_path, teacher, "name=cached", "train.teacher_cache=true", method="lm_jsd", epochs=2))
+    rows = read_metrics(cached / "metrics.csv")
+    assert [r["teacher_cache/hit_rate"] for r in rows] == [0.0, 1.0]
+    a, b = torch.load(plain / "model.pt")["model"], torch.load(cached / "model.pt")["model"]
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    first = read_metrics(plain / "metrics.csv")
+    assert rows[-1]["train/token_jsd"] == pytest.approx(first[-1]["train/token_jsd"], rel=1e-5)
+
+
+def test_on_policy_steps_never_run_or_cache_the_teacher_on_the_corpus_batch(tmp_path, teacher, monkeypatch):
+    """The teacher runs when a step first reads it: an on-policy step replaces its batch first, so the
+    teacher runs once per step, on the student's samples, which the cache never stores."""
+    from distillab.engine.frozen import FrozenModels
+
+    calls = []
+    outputs = FrozenModels.outputs
+
+    def spy(self, fields, idx, keys, taps, *, cached=True):
+        calls.append(cached)
+        return outputs(self, fields, idx, keys, taps, cached=cached)
+
+    monkeypatch.setattr(FrozenModels, "outputs", spy)
+    _, folder = run(_kd(tmp_path, teacher, "name=gkd1", "method.params.gkd.lmbda=1", "train.teacher_cache=true",
+                        "method.params.gkd.prompt_len=8", method="gkd"))
+    steps = math.ceil(len(build_dataset("stdlib", None, False, max_bytes=24000, block=32).train) / 16)
+    assert calls == [False] * steps
+    assert read_metrics(folder / "metrics.csv")[-1]["teacher_cache/hit_rate"] == 0.0

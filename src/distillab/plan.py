@@ -41,8 +41,9 @@ class ModelPlan:
 
     section: where it is configured (``student``, ``teacher``, ``models.<name>``), for messages.
     arch / options: as built. source: ``"new"`` (built from
-    arch + options, possibly starting from ``checkpoint``), ``"checkpoint"`` or ``"store"`` (found by
-    the training config ``teacher_config``). input: the batch field it reads.
+    arch + options, possibly starting from ``checkpoint``), ``"checkpoint"``, ``"store"`` (found by
+    the training config ``teacher_config``) or ``"pretrained"`` (a frozen model whose options hold its weights: a
+    Hugging Face folder). input: the batch field it reads.
     """
 
     name: str
@@ -86,7 +87,11 @@ def _frozen_plan(name: str, section: str, t: TeacherConfig, cfg: RunConfig) -> M
         raise ConfigError(f"{section}.{key}: {name!r} is frozen, so it has no optimiser settings: remove {key}, "
                           "or make it trainable (an entry of `models` with role: trainable)")
     if t.checkpoint is None and t.config is None:
-        raise ConfigError(f"{section}: give `checkpoint` (a file) or `config` (a train-teacher YAML found in the store)")
+        if t.arch is not None and _holds_weights(t.arch, t.options or {}):  # e.g. a Hugging Face model's folder
+            return ModelPlan(name, FROZEN, section, t, t.arch, dict(t.options or {}), t.input or MAIN_INPUT,
+                             "pretrained")
+        raise ConfigError(f"{section}: give `checkpoint` (a file) or `config` (a train-teacher YAML found in the store)"
+                          " (or, for a Hugging Face model, arch: hf_causal_lm with options.path: its local folder)")
     tcfg = load_config(find_config(t.config), t.overrides) if t.config is not None else None
     if tcfg is not None and tcfg.data.name != cfg.data.name and not _derived(cfg.data.name):
         raise ConfigError(f"{section}.config {t.config!r} trains on {tcfg.data.name!r} but this run uses "
@@ -112,6 +117,18 @@ def _frozen_plan(name: str, section: str, t: TeacherConfig, cfg: RunConfig) -> M
         return ModelPlan(name, FROZEN, section, t, arch, options, data_input, "checkpoint", tcfg)
     return ModelPlan(name, FROZEN, section, t, tcfg.student.arch, dict(tcfg.student.options),
                      t.input or tcfg.student.input, "store", tcfg)
+
+
+def _holds_weights(arch: str, options: dict) -> bool:
+    """Whether a model built from ``arch`` and ``options`` comes with trained weights (registered as
+    ``pretrained``: a Hugging Face folder), so a frozen one needs no checkpoint."""
+    from distillab.models import MODELS
+
+    try:
+        pretrained = MODELS.entry(arch).meta.get("pretrained")
+    except RegistryError:
+        return False
+    return bool(pretrained is not None and pretrained(dict(options)))
 
 
 def _trainable_plan(name: str, section: str, m: ModelConfig) -> ModelPlan:
@@ -203,10 +220,6 @@ def _check_task(cfg: RunConfig, objective: Objective, models: list[ModelPlan]) -
                               f"{' and '.join(term.tasks)} outputs, not on {'language models' if lm else task}: {hint}")
     if not lm:
         return
-    if cfg.train.teacher_cache:
-        raise ConfigError("train.teacher_cache stores one output row per sample and augmentation; a language model's "
-                          "outputs are one per token: set train.teacher_cache=false (offline teacher logits are a "
-                          "pipeline step of their own)")
     block_of = entry.meta.get("block")  # a data set whose block length is not an option (a folder's) says it
     block = block_of(dict(cfg.data.options)) if block_of is not None else \
         cfg.data.options.get("block", _default(DATASETS.get(cfg.data.name), "block"))
@@ -218,7 +231,9 @@ def _check_task(cfg: RunConfig, objective: Objective, models: list[ModelPlan]) -
             except ValueError as exc:
                 raise ConfigError(f"method term {name!r}: {exc}") from None
     for m in models:
-        context = m.options.get("context", _default(MODELS.get(m.arch), "context"))
+        context_of = MODELS.entry(m.arch).meta.get("context")  # a model whose context is in a file says it
+        context = context_of(dict(m.options)) if context_of is not None else \
+            m.options.get("context", _default(MODELS.get(m.arch), "context"))
         if block is not None and context is not None and int(block) > int(context):
             raise ConfigError(f"data.options.block is {block} tokens but {m.section} ({m.arch}) has a context of "
                               f"{context}: use a shorter block (data.options.block={context}) or a model with a "

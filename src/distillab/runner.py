@@ -39,6 +39,12 @@ def build_model(plan: ModelPlan, data: DataBundle, store: TeacherStore) -> tuple
     """The model of one plan entry for ``data`` and where it came from (``{"file": ..., "store_key": ...}`` for
     a loaded one): built new (from its checkpoint if it names one), or loaded from its checkpoint or from the
     teacher store."""
+    if plan.source == "pretrained":  # its weights come with its options (a Hugging Face folder)
+        try:
+            model = create_model(plan.arch, num_classes=data.num_classes, **plan.options)
+        except TypeError as exc:
+            raise ConfigError(f"{plan.section}.options: {exc}") from None
+        return model, {"pretrained": dict(plan.options)}
     if plan.source == "new" and plan.config.checkpoint is None:
         if model_kind(plan.arch) == "generator":  # it makes inputs shaped like the data set's (recorded with it)
             plan.options.setdefault("out_shape", list(data.input_shape))

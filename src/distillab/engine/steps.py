@@ -27,18 +27,33 @@ class BatchRunner:
 
     def __init__(self, *, models: ModelSet, objective: nn.Module, step_module: nn.Module, autocast: Callable,
                  optimizers: dict[str, torch.optim.Optimizer], fields: dict[str, torch.Tensor],
-                 labels: torch.Tensor, index: torch.Tensor, frozen: dict[str, ModelOutputs], taps: dict, epoch: int,
+                 labels: torch.Tensor, index: torch.Tensor,
+                 frozen: dict[str, ModelOutputs] | Callable[[], dict[str, ModelOutputs]], taps: dict, epoch: int,
                  rng: torch.Generator | None = None,
                  run_frozen: Callable[[dict[str, torch.Tensor]], dict[str, ModelOutputs]] | None = None) -> None:
         self.models, self.objective, self.step_module = models, objective, step_module
         self.autocast, self.optimizers = autocast, optimizers
-        self.fields, self.labels, self.index, self.frozen, self.taps, self.epoch = fields, labels, index, frozen, taps, epoch
+        self.fields, self.labels, self.index, self.taps, self.epoch = fields, labels, index, taps, epoch
+        self._frozen = frozen
         self.rng = rng
         self.run_frozen = run_frozen
         self.batch_size = len(index)
         self.trainable = [m.name for m in models.trainable if m.classifier]
 
+    @property
+    def frozen(self) -> dict[str, ModelOutputs]:
+        """The frozen models' outputs for this step's batch, computed when first read (``frozen`` may be given
+        as a function: a step that replaces its batch first never runs them on the loader's)."""
+        if callable(self._frozen):
+            self._frozen = self._frozen()
+        return self._frozen
+
+    @frozen.setter
+    def frozen(self, value: dict[str, ModelOutputs]) -> None:
+        self._frozen = value
+
     def forward(self, grad: Sequence[str]) -> StepResult:
+        _ = self.frozen  # the frozen models run first, as they always have, outside the trainable models' forward
         with self.autocast():
             targets = {}
             for m in self.models.trainable:

@@ -18,6 +18,11 @@ Memory: ``num_samples * key_space * (logits_dim + sum(prod(feature_dims))) * byt
 byte per row for the ``filled`` flags. For example CIFAR-100 with 50 000 images, ``R = 8`` and
 float16 logits: ``50 000 * 8 * 100 * 2`` B = 80 MB.
 
+A language model's logits are one row per token: a block of ``L`` tokens over a vocabulary of ``V`` is one
+``(L, V)`` row (``logits_shape``), so ``num_blocks * L * V * bytes(dtype)``; the stdlib corpus at 1 M
+training bytes, blocks of 128 and the byte vocabulary is 1 GiB in float32 (exact: the divergence reads the
+same numbers it would recompute) or 512 MiB in float16.
+
 Only the teacher's logits and pooled features (flat vectors such as the penultimate embedding) can
 be cached. Methods that read the teacher's intermediate feature maps (FitNets, AT, review-based
 fusion, ...) need the maps themselves, which are far too large to store per augmentation, so they
@@ -42,7 +47,8 @@ class TeacherCache:
     """Dense tables of teacher logits and pooled features, one row per (sample, augmentation key).
 
     ``num_samples``: size of the training set (sample indices in ``[0, num_samples)``).
-    ``key_space``: keys per sample (``AugmentPlan.key_space``). ``logits_dim``: number of classes.
+    ``key_space``: keys per sample (``AugmentPlan.key_space``). ``logits_dim``: number of classes, or the
+    shape of one sample's logits (``(L, V)`` for a block of a language model's tokens).
     ``feature_dims``: name -> per-sample shape of each cached feature (flat vectors in practice).
     ``dtype``: storage dtype (float16 / bfloat16 halve the memory). ``device``: where the tables live.
     ``max_bytes``: refuse to allocate more than this (ValueError saying how to shrink the cache).
@@ -52,22 +58,24 @@ class TeacherCache:
     :attr:`hit_rate`.
     """
 
-    def __init__(self, num_samples: int, key_space: int, logits_dim: int,
+    def __init__(self, num_samples: int, key_space: int, logits_dim: int | tuple[int, ...],
                  feature_dims: dict[str, tuple[int, ...]] | None = None, dtype: torch.dtype = torch.float32,
                  device: torch.device | str = "cpu", max_bytes: int = 4 * 2**30) -> None:
-        if num_samples < 1 or key_space < 1 or logits_dim < 1:
+        shape = (int(logits_dim),) if isinstance(logits_dim, int) else tuple(int(d) for d in logits_dim)
+        if num_samples < 1 or key_space < 1 or not shape or min(shape) < 1:
             raise ValueError(f"num_samples ({num_samples}), key_space ({key_space}) and logits_dim ({logits_dim}) "
                              "must be >= 1")
         if not dtype.is_floating_point:
             raise ValueError(f"cache dtype must be a floating point type, got {dtype}")
         self.num_samples = int(num_samples)
         self.key_space = int(key_space)
-        self.logits_dim = int(logits_dim)
+        self.logits_shape = shape
+        self.logits_dim = shape[-1]
         self.feature_dims = {name: tuple(int(d) for d in dims) for name, dims in (feature_dims or {}).items()}
         self.dtype = dtype
         self.device = torch.device(device)
         self.rows = self.num_samples * self.key_space
-        self.nbytes = self.bytes_needed(self.num_samples, self.key_space, self.logits_dim, self.feature_dims, dtype)
+        self.nbytes = self.bytes_needed(self.num_samples, self.key_space, shape, self.feature_dims, dtype)
         if self.nbytes > max_bytes:
             per_row = self.nbytes // self.rows
             raise ValueError(
@@ -75,7 +83,7 @@ class TeacherCache:
                 f"augmentation keys = {self.rows} rows x {per_row} B per row in {dtype}), over the limit of "
                 f"{max_bytes / 2**30:.2f} GiB; bound the key space with data.augment_variants=R (R keys per "
                 "sample), store a smaller cache dtype (e.g. float16), or raise train.teacher_cache_max_gb")
-        self.logits = torch.zeros(self.rows, self.logits_dim, dtype=dtype, device=self.device)
+        self.logits = torch.zeros(self.rows, *shape, dtype=dtype, device=self.device)
         self.features = {name: torch.zeros(self.rows, *dims, dtype=dtype, device=self.device)
                          for name, dims in self.feature_dims.items()}
         self.filled = torch.zeros(self.rows, dtype=torch.bool, device=self.device)
@@ -83,17 +91,18 @@ class TeacherCache:
         self._misses = torch.zeros((), dtype=torch.long, device=self.device)
 
     @staticmethod
-    def bytes_needed(num_samples: int, key_space: int, logits_dim: int,
+    def bytes_needed(num_samples: int, key_space: int, logits_dim: int | tuple[int, ...],
                      feature_dims: dict[str, tuple[int, ...]] | None = None,
                      dtype: torch.dtype = torch.float32) -> int:
         """Bytes of the tables: rows * (values per row * element size + 1 byte of ``filled`` flag)."""
-        values = logits_dim + sum(math.prod(dims) for dims in (feature_dims or {}).values())
+        logits = logits_dim if isinstance(logits_dim, int) else math.prod(logits_dim)
+        values = logits + sum(math.prod(dims) for dims in (feature_dims or {}).values())
         elem = torch.empty((), dtype=dtype).element_size()
         return num_samples * key_space * (values * elem + 1)
 
     def __repr__(self) -> str:
         return (f"TeacherCache(num_samples={self.num_samples}, key_space={self.key_space}, "
-                f"logits_dim={self.logits_dim}, features={self.feature_dims}, dtype={self.dtype}, "
+                f"logits={self.logits_shape}, features={self.feature_dims}, dtype={self.dtype}, "
                 f"device={self.device}, {self.nbytes / 2**20:.1f} MiB)")
 
     def keys(self, index: torch.Tensor, param_keys: torch.Tensor) -> torch.Tensor:
@@ -101,7 +110,8 @@ class TeacherCache:
         return index.long() * self.key_space + param_keys.to(index.device).long()
 
     def lookup(self, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Features]:
-        """``(hit (B,) bool, logits (B, C) float32, features)`` for rows ``keys``; miss rows hold zeros."""
+        """``(hit (B,) bool, logits (B, *logits_shape) float32, features)`` for rows ``keys``; miss rows hold
+        zeros."""
         rows = keys.to(self.device)
         hit = self.filled[rows]
         n_hit = hit.sum()
@@ -113,8 +123,9 @@ class TeacherCache:
 
     def _check(self, n: int, logits: torch.Tensor, features: Features | None) -> Features:
         features = features or {}
-        if tuple(logits.shape) != (n, self.logits_dim):
-            raise ValueError(f"logits have shape {tuple(logits.shape)}, expected ({n}, {self.logits_dim})")
+        if tuple(logits.shape) != (n, *self.logits_shape):
+            raise ValueError(f"logits have shape {tuple(logits.shape)}, expected "
+                             f"({', '.join(map(str, (n, *self.logits_shape)))})")
         missing = set(self.feature_dims) - set(features)
         if missing:
             raise ValueError(f"features {sorted(missing)} are cached but were not given")

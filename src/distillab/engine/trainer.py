@@ -13,6 +13,7 @@ their cached outputs), then the method's step runs the trainable models and the 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -140,7 +141,8 @@ class Trainer:
                                      keys=bool(cached), memory_format=memory_format)
         self.frozen = FrozenModels(readers, {m.name: build_cache(
             m, shapes[m.name], num_samples=len(data.train), key_space=self.augment.key_space,
-            num_classes=data.num_classes, dtype=t.teacher_cache_dtype, device=self.device,
+            logits_shape=(*data.field_shape(m.input), data.num_classes) if data.is_tokens else (data.num_classes,),
+            dtype=t.teacher_cache_dtype, device=self.device,
             max_gb=t.teacher_cache_max_gb, method=cfg.method.name) for m in cached})
         self.optimizer = build_optimizer(self.models.parameter_groups(list(self.objective.parameters())), cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, t.epochs)
@@ -295,13 +297,12 @@ class Trainer:
                     fields, frozen = {}, {}
                 else:
                     fields, keys = self.batches.train(raw, aug_gen)
-                    with self.autocast():
-                        frozen = self.frozen.outputs(fields, raw[INDEX], keys, taps)
+                    frozen = functools.partial(self._frozen_outputs, fields, raw[INDEX], keys, taps)
                 runner = BatchRunner(
                     models=self.models, objective=self.objective, step_module=self.step_module, autocast=self.autocast,
                     optimizers=optimizers, fields=fields, labels=raw[LABEL], index=raw[INDEX], frozen=frozen, taps=taps,
                     epoch=epoch, rng=step_gen,
-                    run_frozen=lambda new, idx=raw[INDEX]: self.frozen.outputs(new, idx, None, taps))
+                    run_frozen=lambda new, idx=raw[INDEX]: self.frozen.outputs(new, idx, None, taps, cached=False))
                 total, logs, logits = self.step_fn(runner)
                 y = runner.labels
                 scored = {n: correct_and_count(v.detach(), y) for n, v in logits.items()}
@@ -319,6 +320,12 @@ class Trainer:
                 f"non-finite loss in {where} (terms: {', '.join(bad)}): lower optim.lr, check the loss "
                 "weights, or turn off train.bf16")
         return state
+
+    def _frozen_outputs(self, fields, index, keys, taps) -> dict:
+        """The frozen models' outputs for a loader batch (run when a step first reads them: an on-policy
+        step that replaces its batch never runs them on the one it was given)."""
+        with self.autocast():
+            return self.frozen.outputs(fields, index, keys, taps)
 
     def run_stage(self, stage: StageSpec) -> None:
         """Run a pre-training stage to its end (resuming inside it if a checkpoint stopped there)."""

@@ -15,6 +15,7 @@ a model is built, not when distillab is: install it with ``pip install 'distilla
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 from typing import Iterator
 
@@ -54,14 +55,18 @@ def _transformers():
     return transformers
 
 
-def _from_folder(path: str | Path) -> nn.Module:
+def _check_folder(path: str | Path) -> Path:
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
         what = "does not exist" if not folder.exists() else "holds no config.json"
         raise HFFolderMissing(f"hf_causal_lm: path {str(path)!r} {what}: give a local folder written by "
                               "save_pretrained (nothing is downloaded; to fetch a hub model, save it to a folder "
                               "first)")
-    return _transformers().AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    return folder
+
+
+def _from_folder(path: str | Path) -> nn.Module:
+    return _transformers().AutoModelForCausalLM.from_pretrained(_check_folder(path), local_files_only=True)
 
 
 def _from_config(config: dict, num_classes: int) -> nn.Module:
@@ -218,11 +223,47 @@ class HFCausalLM(ZooModel):
         return F.pad(out, (0, missing), value=eos_id) if missing else out
 
 
+def _folder_given(options: dict) -> bool:
+    """Whether the options name a folder of trained weights (then a frozen model needs no checkpoint); a folder
+    that is not a saved model is refused now, before the run reads its data."""
+    if options.get("path") is None:
+        return False
+    _check_folder(options["path"])
+    return True
+
+
+def planned_context(options: dict) -> int | None:
+    """The context a model built from ``options`` will have, read without building it (the run plan compares it
+    with the data's block before any I/O): the ``context`` option, else the position limit of the folder's
+    ``config.json`` or of the config dict (its model type's default where the dict gives none and transformers
+    is installed). None where it cannot be known yet (a missing folder fails when the model is built)."""
+    if options.get("context") is not None:
+        return int(options["context"])
+    config = options.get("config")
+    if options.get("path") is not None:
+        file = Path(options["path"]).expanduser() / "config.json"
+        try:
+            config = json.loads(file.read_text())
+        except (OSError, ValueError):
+            return None
+    if not isinstance(config, dict):
+        return None
+    value = next((config[k] for k in CONTEXT_KEYS if isinstance(config.get(k), int)), None)
+    if value is None and "model_type" in config:
+        try:
+            defaults = _transformers().AutoConfig.for_model(config["model_type"])
+        except (ImportError, ValueError, KeyError):
+            return None
+        value = _config_value(defaults, CONTEXT_KEYS)
+    return value
+
+
 # task "lm": a language model for language-modelling data sets (the run plan checks the pair), built with
 # num_classes (the vocabulary) like the GPT zoo.
 @MODELS.register("hf_causal_lm", description="Hugging Face causal LM (transformers.AutoModelForCausalLM) from a "
                                              "local folder (path) or a config dict (random weights); needs "
-                                             "distillab[hf]", task="lm")
+                                             "distillab[hf]", task="lm", context=planned_context,
+                 pretrained=lambda options: _folder_given(options))
 def hf_causal_lm(num_classes: int, path: str | None = None, config: dict | None = None, context: int | None = None,
                  dtype: str = "float32") -> HFCausalLM:
     """path: a local folder written by ``save_pretrained`` (``local_files_only``: no hub access). config: a dict
