@@ -8,6 +8,11 @@ ones resumed, so the command can be run again after a stop.
 
     python benchmarks/lm_methods.py --out runs/lm_methods --seeds 0 1 2 --workers 2
     # -> a markdown table on stdout and docs/results/lm_methods_cpu.json
+    python benchmarks/lm_methods.py --out runs/lm_methods_3ep --epochs 3 --teacher-cache \
+        --json docs/results/lm_methods_cpu_3epochs.json     # three passes, the live teacher once per block
+
+The pipeline steps' data sets depend on the text only (not on the epochs): ``--data-from runs/lm_methods`` reuses
+another output folder's instead of making them again.
 
 Reported: last-epoch held-out bits per byte (mean ± sample std over seeds; lower is better), Welch's p
 against labels only, perplexity, next-byte top-1 and the training seconds of a run (its epochs' time).
@@ -98,10 +103,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--max-bytes", type=int, default=1_000_000, help="training text per epoch (bytes)")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--teacher-cache", action="store_true", help="train.teacher_cache: the live teacher runs once "
+                        "per block, later epochs read its stored fp32 logits (1 GiB per run at 1 MB)")
+    parser.add_argument("--data-from", type=Path, help="an output folder whose data/ (the teacher's generations and "
+                        "top-k logits for the same --max-bytes) to reuse")
     parser.add_argument("--json", type=Path, default=Path("docs/results/lm_methods_cpu.json"))
     args = parser.parse_args()
     common = [f"data.options.max_bytes={args.max_bytes}", f"train.epochs={args.epochs}", "train.threads=1",
-              "train.progress=false", "train.tensorboard=false", "train.checkpoint_every=1"]
+              "train.progress=false", "train.tensorboard=false", "train.checkpoint_every=1",
+              *(["train.teacher_cache=true"] if args.teacher_cache else [])]
     args.out.mkdir(parents=True, exist_ok=True)
 
     from distillab.config import load_config
@@ -110,7 +120,8 @@ def main() -> None:
 
     # the teacher, trained and stored first if the store lacks it (as `distillab distill` would ask for)
     train_missing_teachers(load_config(find_config("configs/lm/kd_gpt.yaml"), common))
-    data = {step: make_data(step, args.out, common) for step in {ROWS[r][2] for r in args.rows} if step}
+    data_out = args.data_from or args.out
+    data = {step: make_data(step, data_out, common) for step in {ROWS[r][2] for r in args.rows} if step}
 
     jobs = [(row, seed) for seed in args.seeds for row in args.rows]
     results: dict[str, list[dict]] = {row: [] for row in args.rows}

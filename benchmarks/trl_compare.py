@@ -6,7 +6,9 @@ only, one epoch of the same text, so that its distribution is worth distilling),
 same random weights in both. Each trainer runs in a fresh subprocess (separate peak memory); the trainers take
 turns (the first of each repeat rotates), ``--repeats`` times for each loss. A third trainer, ``plain``, is a
 bare PyTorch loop doing the same work (the same batches, models, loss function and optimiser), timed phase by
-phase: the floor that no framework can beat without doing less work.
+phase: the floor that no framework can beat without doing less work. A fourth, ``distillab_cached``, is distillab
+with ``train.teacher_cache=true``: over several epochs (``--epochs``) it runs the teacher on each block once and
+reads its stored fp32 logits afterwards, where TRL and the plain loop run the teacher at every step.
 
 * ``jsd``: GKD's generalised JSD at beta 0.5; ``fkl``: beta 0, forward KL(teacher || student). TRL:
   ``GKDTrainer`` with lmbda 0 (every step off-policy, on the data's sequences), seq_kd False; its loss
@@ -14,8 +16,9 @@ phase: the floor that no framework can beat without doing less work.
   sampling temperature, unused at lmbda 0). distillab: student ``hf_causal_lm`` (the same initial folder),
   teacher ``hf_causal_lm`` (the same folder), method ``lm_jsd`` with ``token_jsd`` beta 0.5 or 0 (TRL's
   definition, endpoints included), no CE.
-* Data: distillab's ``stdlib`` blocks (bytes, ``--block`` tokens), one epoch in distillab's shuffled order
-  (seed 0), the last partial batch dropped; TRL reads them in that order (a sequential sampler). distillab's
+* Data: distillab's ``stdlib`` blocks (bytes, ``--block`` tokens), ``--epochs`` epochs in distillab's shuffled
+  order (seed 0, reshuffled each epoch), the last partial batch dropped; TRL reads them in that order (a
+  sequential sampler over every epoch's batches laid out one after the other, one TRL epoch). distillab's
   block is inputs ``ids[i:i+L]`` with labels ``ids[i+1:i+L+1]``; TRL shifts inside ``compute_loss`` (logits
   ``[:, :-1]`` against labels ``[:, 1:]``), so it gets the whole chunk ``ids[i:i+L+1]`` as input_ids (padding
   0) and labels ``[-100] + distillab's labels``. Both then score the same L positions from the same prefixes
@@ -39,6 +42,8 @@ phase: the floor that no framework can beat without doing less work.
     python benchmarks/trl_compare.py                         # -> docs/results/trl_compare_cpu.json
     python benchmarks/trl_compare.py --repeats 1 --max-bytes 40000 --json /tmp/t.json   # a quick look
     python benchmarks/trl_compare.py --compile --losses jsd --json /tmp/compiled.json  # torch.compile in all
+    python benchmarks/trl_compare.py --epochs 3 --max-bytes 84000 --trainers distillab,distillab_cached,trl,plain \
+        --json docs/results/trl_compare_cpu_3epochs.json   # the same tokens as three passes over a third
 
 Needs ``pip install 'distillab[bench-trl]'`` (trl, transformers, datasets); written against trl 1.16.0 and
 transformers 5.24.0. Not imported by the package or the tests.
@@ -90,9 +95,10 @@ def data_overrides(args) -> list[str]:
             "data.options.tokenizer=bytes"]
 
 
-def train_overrides(args, lr: float) -> list[str]:
+def train_overrides(args, lr: float, epochs: int = 1) -> list[str]:
     return [f"train.batch_size={args.batch}", "train.drop_last=true", "train.progress=false",
-            "train.tensorboard=false", "train.device=cpu", f"train.threads={args.threads}", "train.epochs=1",
+            "train.tensorboard=false", "train.device=cpu", f"train.threads={args.threads}", f"train.epochs={epochs}",
+            f"train.eval_every={epochs}",
             "optim.name=adamw", f"optim.lr={lr}", "optim.weight_decay=0.0", "optim.betas=[0.9, 0.999]",
             "optim.schedule=constant", "optim.warmup_epochs=0", "seed=0"]
 
@@ -138,10 +144,11 @@ def median_ms(values: list[float]) -> float:
     return 1000 * statistics.median(values) if values else float("nan")
 
 
-def distillab_worker(args, paths: dict, beta: float) -> dict:
-    """One distillab run. A training step registered here (the engine's own ``joint`` step, timed, keeping the
-    loss tensor) records each step's loss and how long the step took; the rest of each iteration (the frozen
-    teacher's forward, batch preparation, metric sums) is the time between steps."""
+def distillab_worker(args, paths: dict, beta: float, cached: bool = False) -> dict:
+    """One distillab run (``cached``: with ``train.teacher_cache``, fp32). A training step registered here (the
+    engine's own ``joint`` step, timed, keeping the loss tensor) records each step's loss and how long the step
+    took; the rest of each iteration (the frozen teacher's forward or cache read, batch preparation, metric sums)
+    is the time between steps."""
     from distillab.config import load_config
     from distillab.core.steps import STEPS, joint
     from distillab.engine.logger import read_metrics
@@ -152,6 +159,7 @@ def distillab_worker(args, paths: dict, beta: float) -> dict:
 
     @STEPS.register("bench_recorded", description="joint, timed, keeping each step's loss (benchmarks/trl_compare.py)")
     def recorded(runner):
+        _ = runner.frozen  # the teacher (or its cache) outside the timed span, as before the engine's own step
         tic = time.perf_counter()
         total, logs, logits = joint(runner)
         spans.append((tic, time.perf_counter()))
@@ -165,34 +173,35 @@ def distillab_worker(args, paths: dict, beta: float) -> dict:
         f"student.options={{path: {paths['student']}}}", "teacher.config=null",
         f"teacher.checkpoint={paths['teacher_file']}", "method.name=lm_jsd",
         f"method.params={{token_jsd: {{beta: {beta}}}}}",
-        "method.step=bench_recorded", f"train.compile={str(args.compile).lower()}", *data_overrides(args),
-        *train_overrides(args, args.lr)])
+        "method.step=bench_recorded", f"train.compile={str(args.compile).lower()}",
+        f"train.teacher_cache={str(cached).lower()}", "train.teacher_cache_dtype=float32", *data_overrides(args),
+        *train_overrides(args, args.lr, args.epochs)])
     summary, folder = run(cfg)
-    row = read_metrics(folder / "metrics.csv")[-1]
-    seconds = row["time/epoch_s"]
+    rows = read_metrics(folder / "metrics.csv")
+    seconds = sum(r["time/epoch_s"] for r in rows)  # training time of every epoch (evaluations excluded)
+    tokens = round(sum(r["throughput/tokens_per_s"] * r["time/epoch_s"] for r in rows))
     periods = [b[0] - a[0] for a, b in zip(spans, spans[1:])]
     inside = [end - begin for begin, end in spans[1:]]
     phases = {"step_ms": median_ms(periods),
               "student_forward_loss_backward_adamw_ms": median_ms(inside),
               "teacher_forward_and_engine_ms": median_ms([p - i for p, i in zip(periods, inside)])}
-    return {"tokens_per_s": row["throughput/tokens_per_s"], "train_s": seconds,
-            "tokens": round(row["throughput/tokens_per_s"] * seconds), "steps": len(losses),
+    return {"tokens_per_s": tokens / seconds, "train_s": seconds, "tokens": tokens, "steps": len(losses),
             "losses": [float(v) for v in losses], "peak_rss_mb": peak_rss_mb(), "test_loss": summary["test_loss"],
             "phases": phases}
 
 
 def trl_batches(args) -> tuple[torch.Tensor, torch.Tensor]:
-    """distillab's training batches of epoch 1 (its loader, seed 0, drop_last), as TRL's input_ids and labels:
-    the whole chunk ``ids[i:i+L+1]`` (padding 0) and ``[-100] + labels``, (steps * batch, L + 1) each."""
+    """distillab's training batches of epochs 1 .. ``--epochs`` (its loader, seed 0, drop_last), as TRL's input_ids
+    and labels: the whole chunk ``ids[i:i+L+1]`` (padding 0) and ``[-100] + labels``, (steps * batch, L + 1)
+    each, every epoch's batches after the previous epoch's."""
     from distillab.data import build_dataset
     from distillab.data.base import IGNORE_INDEX
     from distillab.engine.loader import BatchLoader
 
     data = build_dataset("stdlib", block=args.block, tokenizer="bytes", max_bytes=args.max_bytes)
     loader = BatchLoader(data.train, args.batch, device=torch.device("cpu"), shuffle=True, seed=0, drop_last=True)
-    loader.set_epoch(1)  # the engine's first epoch
     ids, labels = [], []
-    for batch in loader:
+    for batch in (b for epoch in range(1, args.epochs + 1) for b in _epoch(loader, epoch)):
         x, y = batch["input"], batch["label"]
         chunk = torch.cat([x[:, :1], y.clamp_min(0)], dim=1)  # the first input, then the labels (padding: 0)
         real = y != IGNORE_INDEX  # the real inputs too: a block's inputs and labels are real at the same positions
@@ -200,6 +209,11 @@ def trl_batches(args) -> tuple[torch.Tensor, torch.Tensor]:
         ids.append(chunk)
         labels.append(torch.cat([torch.full_like(y[:, :1], IGNORE_INDEX), y], dim=1))
     return torch.cat(ids), torch.cat(labels)
+
+
+def _epoch(loader, epoch: int):
+    loader.set_epoch(epoch)  # the engine's epochs count from 1
+    yield from loader
 
 
 def byte_tokenizer():
@@ -290,7 +304,6 @@ def plain_worker(args, paths: dict, beta: float) -> dict:
     torch.manual_seed(0)
     data = build_dataset("stdlib", block=args.block, tokenizer="bytes", max_bytes=args.max_bytes)
     loader = BatchLoader(data.train, args.batch, device=torch.device("cpu"), shuffle=True, seed=0, drop_last=True)
-    loader.set_epoch(1)
     student = AutoModelForCausalLM.from_pretrained(paths["student"], local_files_only=True).train()
     teacher = AutoModelForCausalLM.from_pretrained(paths["teacher"], local_files_only=True).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.lr, betas=(0.9, 0.999), weight_decay=0.0)
@@ -308,7 +321,7 @@ def plain_worker(args, paths: dict, beta: float) -> dict:
         times[name].append(now - tick)
         tick = now
 
-    for batch in loader:
+    for batch in (b for epoch in range(1, args.epochs + 1) for b in _epoch(loader, epoch)):
         x, y = batch["input"], batch["label"]
         lap("data")
         with torch.no_grad():
@@ -332,7 +345,8 @@ def plain_worker(args, paths: dict, beta: float) -> dict:
             "losses": [float(v) for v in losses], "peak_rss_mb": peak_rss_mb(), "phases": phases}
 
 
-WORKERS = {"distillab": distillab_worker, "trl": trl_worker, "plain": plain_worker}
+WORKERS = {"distillab": distillab_worker, "trl": trl_worker, "plain": plain_worker,
+           "distillab_cached": lambda args, paths, beta: distillab_worker(args, paths, beta, cached=True)}
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -352,6 +366,7 @@ def run_worker(args, framework: str, loss: str, paths: dict) -> dict:
 def forwarded(args) -> list[str]:
     return ["--work", str(args.work), "--block", str(args.block), "--batch", str(args.batch),
             "--max-bytes", str(args.max_bytes), "--lr", str(args.lr), "--threads", str(args.threads),
+            "--epochs", str(args.epochs),
             *(["--compile"] if args.compile else [])]
 
 
@@ -379,10 +394,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="alternating runs of each trainer per loss")
     p.add_argument("--losses", default="jsd,fkl", help="comma-separated: jsd (beta 0.5), fkl (beta 0)")
     p.add_argument("--trainers", default="distillab,trl,plain", help="comma-separated: distillab, trl, plain (a "
-                   "bare PyTorch loop doing the same work: the floor)")
+                   "bare PyTorch loop doing the same work: the floor), distillab_cached (train.teacher_cache: the "
+                   "teacher once per block)")
     p.add_argument("--block", type=int, default=128, help="tokens per block (sequence length)")
     p.add_argument("--batch", type=int, default=16, help="blocks per step")
     p.add_argument("--max-bytes", type=int, default=250_000, help="stdlib training text (about 120 steps)")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the blocks (distillab reshuffles each; TRL "
+                   "and the plain loop read the same batches in the same order)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the distillation")
     p.add_argument("--teacher-lr", type=float, default=2e-3, help="AdamW learning rate of the teacher's epoch")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each trainer (1: steadiest on a shared "
@@ -422,31 +440,37 @@ def main() -> None:
         summary = {t: summarise(v) for t, v in runs.items()}
         results[loss] = {"beta": LOSSES[loss], **summary,
                          "losses": {t: v[0]["losses"] for t, v in runs.items()}}
-        if "distillab" in runs and "trl" in runs:
-            d, t = summary["distillab"], summary["trl"]
-            results[loss]["speedup"] = d["tokens_per_s"]["mean"] / t["tokens_per_s"]["mean"]
-            results[loss]["median_step_speedup"] = (d["median_step_tokens_per_s"]["mean"]
-                                                    / t["median_step_tokens_per_s"]["mean"])
-            results[loss]["loss_agreement"] = agreement(runs["distillab"][0]["losses"], runs["trl"][0]["losses"])
+        for ours, suffix in (("distillab", ""), ("distillab_cached", "_cached")):
+            if ours not in runs or "trl" not in runs:
+                continue
+            d, t = summary[ours], summary["trl"]
+            results[loss]["speedup" + suffix] = d["tokens_per_s"]["mean"] / t["tokens_per_s"]["mean"]
+            results[loss]["median_step_speedup" + suffix] = (d["median_step_tokens_per_s"]["mean"]
+                                                             / t["median_step_tokens_per_s"]["mean"])
+            results[loss]["loss_agreement" + suffix] = agreement(runs[ours][0]["losses"], runs["trl"][0]["losses"])
+        if "trl" in runs:
             results[loss]["trl_rss_at_train_start_mb"] = [x["rss_start_mb"] for x in runs["trl"]]
     print_table(results, trainers)
     write(args, paths, results)
 
 
 def print_table(results: dict, trainers: list[str]) -> None:
-    print(f"\n{'loss':5s} {'trainer':9s} {'tokens/s (wall)':>17s} {'median step':>12s} {'peak MB':>12s} "
+    print(f"\n{'loss':5s} {'trainer':16s} {'tokens/s (wall)':>17s} {'median step':>12s} {'peak MB':>12s} "
           f"{'steps':>6s}")
     for loss, r in results.items():
         for name in trainers:
             s = r[name]
-            print(f"{loss:5s} {name:9s} {s['tokens_per_s']['mean']:9.0f} ± {s['tokens_per_s']['std']:5.0f} "
+            print(f"{loss:5s} {name:16s} {s['tokens_per_s']['mean']:9.0f} ± {s['tokens_per_s']['std']:5.0f} "
                   f"{s['median_step_tokens_per_s']['mean']:12.0f} {s['peak_rss_mb']['mean']:7.0f} ± "
                   f"{s['peak_rss_mb']['std']:3.0f} {s['steps']:6d}")
-        if "speedup" in r:
-            a = r["loss_agreement"]
-            print(f"      distillab / trl: {r['speedup']:.2f}x (wall), {r['median_step_speedup']:.2f}x (median step); "
-                  f"loss step 0 |diff| {a['step0_abs_diff']:.1e}, max over steps {a['max_abs_diff']:.1e} (rel "
-                  f"{a['max_rel_diff']:.1e}); last {a['last'][0]:.5f} vs {a['last'][1]:.5f}")
+        for ours, suffix in (("distillab", ""), ("distillab_cached", "_cached")):
+            if "speedup" + suffix not in r:
+                continue
+            a = r["loss_agreement" + suffix]
+            print(f"      {ours} / trl: {r['speedup' + suffix]:.2f}x (wall), {r['median_step_speedup' + suffix]:.2f}x "
+                  f"(median step); loss step 0 |diff| {a['step0_abs_diff']:.1e}, max over steps "
+                  f"{a['max_abs_diff']:.1e} (rel {a['max_rel_diff']:.1e}); last {a['last'][0]:.5f} vs "
+                  f"{a['last'][1]:.5f}")
         for name in trainers:
             print(f"      {name} phases (median ms): " + ", ".join(f"{k.removesuffix('_ms')} {v:.1f}"
                                                              for k, v in r[name]["phases_ms"].items()))
@@ -467,7 +491,8 @@ def write(args, paths: dict, results: dict) -> None:
         "setup": {"student": model_config(STUDENT, args.block), "teacher": model_config(TEACHER, args.block),
                   "teacher_training": "distillab, labels only (method ce), 1 epoch of the same blocks, AdamW "
                                       f"lr {args.teacher_lr} constant", "teacher_test_loss": paths["teacher_test_loss"],
-                  "block": args.block, "batch": args.batch, "max_bytes": args.max_bytes, "lr": args.lr,
+                  "block": args.block, "batch": args.batch, "max_bytes": args.max_bytes, "epochs": args.epochs,
+                  "lr": args.lr,
                   "optimizer": "torch AdamW, betas (0.9, 0.999), eps 1e-8, no weight decay, constant lr, no clipping",
                   "repeats": args.repeats, "seed": 0,
                   "order": "the trainers take turns, the first of each repeat rotating; one subprocess per run"},
