@@ -136,8 +136,12 @@ def _train(config: Optional[str], overrides: List[str], resume: Optional[Path], 
                           soft_wrap=True)
     lm = f", {summary['test_bpb']:.4f} bits per byte, perplexity {summary['test_ppl']:.3f}" \
         if summary.get("test_bpb") is not None else ""
-    msg = f"[bold]done[/]: test top-1 {summary['test_top1']:.2f}%{lm} (last epoch), best top-1 " \
-          f"{summary['best_top1']:.2f}% (epoch {summary['best_epoch']}); run folder {run_dir}"
+    if summary.get("selected_by") == "validation":
+        best = f"the epoch best on validation: {summary['best_epoch']} (val top-1 {summary['best_val_top1']:.2f}%, " \
+               f"test top-1 {summary['best_top1']:.2f}%)"
+    else:
+        best = f"best top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}, chosen on the test set)"
+    msg = f"[bold]done[/]: test top-1 {summary['test_top1']:.2f}%{lm} (last epoch), {best}; run folder {run_dir}"
     console.print(msg)
     table = _models_table(summary)
     if table is not None:

@@ -34,6 +34,9 @@ class DataConfig(Section):
     on_device: bool = True  # keep in-memory data sets on the training device (no host->device copies)
     augment_variants: int | None = None  # FKD style: R fixed augmentation draws per sample, one picked per epoch
     num_workers: int = Field(0, ge=0)  # DataLoader workers for data sets that are not held in memory
+    val_fraction: float | None = Field(None, gt=0, lt=1)  # hold out this share of the training set (stratified);
+    #                            selection (best epoch, tuning) then reads it, never the test set. None: no split
+    val_seed: int = 0  # the held-out samples are drawn by this seed alone: the same for every run seed and trial
     options: dict[str, Any] = Field(default_factory=dict)  # data-set-specific keyword options
 
     @field_validator("augment_variants")

@@ -18,6 +18,7 @@ from distillab.core.dist import DistInfo
 from distillab.core.errors import TrainingError
 from distillab.core.files import CheckpointError, copy_atomic, save_atomic, write_json_atomic, write_text_atomic
 from distillab.data import DataBundle, build_dataset
+from distillab.data.validation import split_validation
 from distillab.engine.device import resolve_device, seed_everything
 from distillab.engine.models import ModelSet, RunModel
 from distillab.engine.progress import EpochLines, TrainingProgress
@@ -31,8 +32,15 @@ from distillab.store import TeacherStore, teacher_key
 
 
 def build_data(cfg: RunConfig) -> DataBundle:
+    """The run's data set, with its validation part held out when ``data.val_fraction`` asks for one."""
     d = cfg.data
-    return build_dataset(d.name, root=d.root, download=d.download, **d.options)
+    data = build_dataset(d.name, root=d.root, download=d.download, **d.options)
+    if d.val_fraction is None:
+        return data
+    try:
+        return split_validation(data, d.val_fraction, d.val_seed)
+    except ValueError as exc:
+        raise ConfigError(f"data.val_fraction: {exc}") from None
 
 
 def build_model(plan: ModelPlan, data: DataBundle, store: TeacherStore) -> tuple[nn.Module, dict]:

@@ -29,7 +29,8 @@ _UNKEYED_TRAIN = {"device", "progress", "tensorboard", "checkpoint_every", "eval
 # Top-level settings outside the key: naming and placing the run, and models a teacher run does not have.
 _UNKEYED_TOP = {"name", "out_dir", "store", "teacher", "models"}
 # Settings added later: in the key only when set away from their default, so older keys stay valid.
-_KEYED_UNLESS_DEFAULT = {"data": {"augment_variants": None}, "method": {"step": None},
+_KEYED_UNLESS_DEFAULT = {"data": {"augment_variants": None, "val_fraction": None, "val_seed": 0},
+                         "method": {"step": None},
                          "student": {"input": "input", "lr": None, "weight_decay": None, "optim": None}}
 
 RECORD = "record.json"

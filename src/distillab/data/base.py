@@ -119,6 +119,8 @@ class DataBundle:
         recorded in checkpoints so a model is never read with another vocabulary.
     token_bytes: for "tokens": (vocab_size,) the number of UTF-8 bytes each token stands for, so
         held-out loss converts to bits per byte (comparable across tokenizers).
+    val: a validation part held out of the training split (``data.val_fraction``; see
+        :mod:`distillab.data.validation`), or None. validation: how it was drawn (fraction, seed, sizes).
     """
 
     name: str
@@ -134,6 +136,8 @@ class DataBundle:
     fields: dict[str, InputField] = field(default_factory=dict)  # extra named inputs of every sample
     tokenizer: dict[str, Any] | None = None
     token_bytes: torch.Tensor | None = None
+    val: Dataset | None = None
+    validation: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         clash = set(self.fields) & set(RESERVED_FIELDS)

@@ -60,12 +60,15 @@ class TrainingProgress:
 
 
 def _test_summary(row: dict, short: bool) -> str:
-    """Train and test accuracy of an epoch's row; a language model's test perplexity and bits per byte too."""
-    test = row.get("test/top1")
+    """Train, validation (where held out) and test accuracy of an epoch's row; a language model's test
+    perplexity and bits per byte too."""
+    test, val = row.get("test/top1"), row.get("val/top1")
     if short:
-        text = f"train {row['train/top1']:.1f}%" + (f"  test {test:.2f}%" if test is not None else "")
+        text = f"train {row['train/top1']:.1f}%" + (f"  val {val:.2f}%" if val is not None else "") + \
+            (f"  test {test:.2f}%" if test is not None else "")
     else:
-        text = f"train top-1 {row['train/top1']:.2f}" + (f"  test top-1 {test:.2f}" if test is not None else "")
+        text = f"train top-1 {row['train/top1']:.2f}" + (f"  val top-1 {val:.2f}" if val is not None else "") + \
+            (f"  test top-1 {test:.2f}" if test is not None else "")
     if row.get("test/ppl") is not None:
         text += f"  ppl {row['test/ppl']:.3f}  bpb {row['test/bpb']:.4f}"
     return text

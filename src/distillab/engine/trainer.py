@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -130,6 +131,8 @@ class Trainer:
                              BatchLoader(data.train, t.batch_size, shuffle=True, seed=cfg.seed, drop_last=t.drop_last,
                                          **loader_args))
         self.test_loader = BatchLoader(data.test, t.eval_batch_size, shuffle=False, shard="split", **loader_args)
+        self.val_loader = (BatchLoader(data.val, t.eval_batch_size, shuffle=False, shard="split", **loader_args)
+                           if data.val is not None else None)
         try:
             self.augment = AugmentPlan(data.augment if cfg.data.augment else None, len(data.train),
                                        variants=cfg.data.augment_variants, seed=cfg.seed, device=self.device)
@@ -154,6 +157,7 @@ class Trainer:
         self.epoch = 0  # completed epochs of the main stage
         self.stage_done: dict[str, int] = {}  # completed epochs of each pre-training stage
         self._stage_optimizer_state: dict | None = None  # for resuming inside a stage
+        # the selected epoch: by validation where the data set holds one out (never by test), else by test top-1
         self.best = {"top1": -1.0, "epoch": 0}
         self.frozen_top1: dict[str, float] = {}  # test top-1 of each frozen model, measured once
         self.saved: str | None = None  # what the last checkpoint holds ("epoch 3", "stage init, epoch 1")
@@ -388,20 +392,34 @@ class Trainer:
                             extract=self.extract_train_features, set_subset=self.train_loader.set_subset,
                             log=self.log_event)
 
-    def evaluate(self, models: Sequence[RunModel] | None = None) -> dict[str, float]:
-        """Test metrics of ``models`` (default: every trainable one): ``test/top1`` and ``test/loss`` are the
-        student's; with several trainable models each has ``test/<name>/top1`` and ``/loss``, and their
-        ensemble (mean probability) ``test/ensemble/...``."""
+    def evaluate(self, models: Sequence[RunModel] | None = None, split: str = "test") -> dict[str, float]:
+        """Held-out metrics of ``models`` (default: every trainable one) on ``split`` ("test", or "val": the
+        part held out of the training set): ``<split>/top1`` and ``<split>/loss`` are the student's; with
+        several trainable models each has ``<split>/<name>/top1`` and ``/loss``, and their ensemble (mean
+        probability) ``<split>/ensemble/...``."""
         models = list(models) if models is not None else self.models.evaluated
         several = len(models) > 1
-        scores = evaluate_models(models, self.test_loader, self.batches, self.autocast, self.device, ensemble=several,
+        loader = self.val_loader if split == "val" else self.test_loader
+        scores = evaluate_models(models, loader, self.batches, self.autocast, self.device, ensemble=several,
                                  token_bytes=self.data.token_bytes)
         first = "student" if "student" in scores else models[0].name
-        row = {f"test/{k}": v for k, v in scores[first].items()}  # loss, top1 (+ ppl, bpb of a language model)
+        row = {f"{split}/{k}": v for k, v in scores[first].items()}  # loss, top1 (+ ppl, bpb of a language model)
         if several:
             for name, s in scores.items():
-                row.update({f"test/{name}/{k}": v for k, v in s.items()})
+                row.update({f"{split}/{name}/{k}": v for k, v in s.items()})
         return row
+
+    def select(self, epoch: int, row: dict[str, float]) -> None:
+        """Keep ``epoch`` as the best so far if it is: by validation where there is a validation part (top-1,
+        or the lowest loss of a language model), else by test top-1 (the reference codebases' "best", an
+        optimistic number). ``best["top1"]`` is the test top-1 of the selected epoch either way."""
+        if self.val_loader is None:
+            if row["test/top1"] > self.best["top1"]:
+                self.best = {"top1": row["test/top1"], "epoch": epoch}
+            return
+        score = -row["val/loss"] if self.data.is_tokens else row["val/top1"]
+        if self.best["epoch"] == 0 or score > self.best.get("val_score", -math.inf):
+            self.best = {"top1": row["test/top1"], "epoch": epoch, "val_score": score, "val_top1": row["val/top1"]}
 
     def fit(self, progress_factory: Callable | None = None) -> dict:
         """Train from ``self.epoch + 1`` to the last epoch; return the summary."""
@@ -441,9 +459,10 @@ class Trainer:
                         cache.hit_rate
                     cache.reset_counters()
                 if epoch % t.eval_every == 0 or epoch == t.epochs:
+                    if self.val_loader is not None:
+                        row.update(self.evaluate(split="val"))
                     row.update(self.evaluate())
-                    if row["test/top1"] > self.best["top1"]:
-                        self.best = {"top1": row["test/top1"], "epoch": epoch}
+                    self.select(epoch, row)
                 self.epoch = epoch
                 self.logger.log(row)
                 if bar is not None:
@@ -470,6 +489,7 @@ class Trainer:
             "reported": "last epoch",
             "best_top1": self.best["top1"],
             "best_epoch": self.best["epoch"],
+            "selected_by": "validation" if self.val_loader is not None else "test",
             "teacher_top1": self.teacher_top1,
             "models": models,
             "epochs": self.epoch,
@@ -480,6 +500,9 @@ class Trainer:
         }
         if several:
             out["ensemble_top1"] = last.get(f"test/{ENSEMBLE}/top1")
+        if self.val_loader is not None:  # the held-out part of the training set, and how it was drawn
+            out.update({"val_top1": last.get("val/top1"), "val_loss": last.get("val/loss"),
+                        "best_val_top1": self.best.get("val_top1"), "validation": self.data.validation})
         if self.data.is_tokens:  # a language model: held-out loss per token, perplexity, bits per byte
             out.update({"test_loss": last.get("test/loss"), "test_ppl": last.get("test/ppl"),
                         "test_bpb": last.get("test/bpb"), "tokenizer": self.data.tokenizer,
