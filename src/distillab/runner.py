@@ -196,9 +196,12 @@ def check_resume(run_dir: Path, cfg: RunConfig) -> dict | None:
 
 def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: bool | None = None,
         report: Callable[[str], None] | None = None, label: str = "train",
-        run_dir: Path | None = None) -> tuple[dict, Path | None]:
+        run_dir: Path | None = None, on_epoch: Callable[[int, dict], None] | None = None) -> tuple[dict, Path | None]:
     """Train one run to the end; return (summary, run folder). ``resume`` is an existing run folder;
     ``run_dir`` names the new run's folder exactly (it must not exist yet, or be empty).
+
+    ``on_epoch(epoch, row)``: called after each epoch (its metrics row), on rank 0; it may stop the run by
+    raising (a tuning study's pruner).
 
     ``progress``: True, a progress bar (on a terminal; one plain line per epoch otherwise); False, nothing per
     epoch; None, ``train.progress`` decides (False: plain lines). A resumed run that has no epochs left changes
@@ -222,7 +225,8 @@ def run(cfg: RunConfig, *, resume: Path | None = None, console=None, progress: b
     comm.init_process_group(dist, device)
     try:
         result = _run(cfg, dist, device, resume=resume, console=console, progress=progress,
-                      report=report if dist.is_main else (lambda _msg: None), label=label, run_dir=run_dir)
+                      report=report if dist.is_main else (lambda _msg: None), label=label, run_dir=run_dir,
+                      on_epoch=on_epoch if dist.is_main else None)
         # every rank reaches this point before any tears the group down: a rank that closes its gloo
         # connections while a peer still finishes its last collective aborts that peer (SIGABRT)
         comm.barrier()
@@ -270,7 +274,7 @@ def _progress(cfg: RunConfig, progress: bool | None, console, label: str, dist: 
 
 def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path | None, console,
          progress: bool | None, report: Callable[[str], None] | None, label: str,
-         run_dir: Path | None) -> tuple[dict, Path]:
+         run_dir: Path | None, on_epoch: Callable[[int, dict], None] | None = None) -> tuple[dict, Path]:
     report = report or (lambda msg: console.print(msg) if console is not None else None)
     plan = check_plan(cfg)  # every option, model name and input checked before anything is read or built
     seed_everything(cfg.seed)  # the same seed on every rank: identical initial weights, banks and queues
@@ -294,7 +298,7 @@ def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path |
         write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         report(f"run folder: {run_dir}" + (f" ({dist.world_size} processes)" if dist.enabled else ""))
     try:
-        summary = trainer.fit(_progress(cfg, progress, console, label, dist))
+        summary = trainer.fit(_progress(cfg, progress, console, label, dist), on_epoch)
     except KeyboardInterrupt:
         command = "train-teacher" if label == "teacher" else "distill"
         kept = f"the last checkpoint holds {trainer.saved}" if trainer.saved else "no checkpoint was written yet"

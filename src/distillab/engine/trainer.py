@@ -421,8 +421,11 @@ class Trainer:
         if self.best["epoch"] == 0 or score > self.best.get("val_score", -math.inf):
             self.best = {"top1": row["test/top1"], "epoch": epoch, "val_score": score, "val_top1": row["val/top1"]}
 
-    def fit(self, progress_factory: Callable | None = None) -> dict:
-        """Train from ``self.epoch + 1`` to the last epoch; return the summary."""
+    def fit(self, progress_factory: Callable | None = None,
+            on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+        """Train from ``self.epoch + 1`` to the last epoch; return the summary. ``on_epoch(epoch, row)`` is
+        called after each epoch is logged and checkpointed (a tuning study's pruner reads ``val/*`` there and
+        may stop the run by raising: the folder is left as a resumable run)."""
         t = self.cfg.train
         for m in self.models.frozen:
             if m.name not in self.frozen_top1:
@@ -469,6 +472,8 @@ class Trainer:
                     bar.end_epoch(epoch, row)
                 if epoch % t.checkpoint_every == 0 or epoch == t.epochs:
                     self.save_checkpoint()
+                if on_epoch is not None:
+                    on_epoch(epoch, row)
         self.logger.close()
         return self.summary(time.perf_counter() - start)
 
