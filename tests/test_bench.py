@@ -353,3 +353,23 @@ def test_results_table_cuts_no_header_on_a_narrow_console(terminal):
     else:  # a file or a pipe: at its natural width, every header line whole, one line per row
         assert all(line in text for lines in TABLE_HEAD_LINES for line in lines)
         assert re.search(r"^dml:ensemble +\d+\.\d\d ± \d+\.\d\d +\d+\.\d\d ± \d+\.\d\d +4 ", text, re.M), text
+
+
+def test_a_tuned_row_runs_the_best_config_of_its_tune_folder(tmp_path):
+    """``tuned: {kd: <folder>}`` adds the row kd_tuned, whose runs read the folder's best.yaml (with the pair's
+    student, teacher and seed, like every row); a folder without one names the command that writes it."""
+    from distillab.config import load_config, to_yaml
+    from distillab.runner import find_config
+
+    folder = tmp_path / "tune" / "kd"
+    folder.mkdir(parents=True)
+    (folder / "best.yaml").write_text(to_yaml(load_config(find_config("mnist1d/kd.yaml"), ["optim.lr=0.0123"])))
+    spec = dict(TINY, pairs=[dict(TINY["pairs"][0], tuned={"kd": str(folder)})])
+    runs, _ = load_suite(_suite(tmp_path, spec)).grid(tmp_path / "grid")
+    tuned = [r for r in runs if r.label == "kd_tuned"]
+    assert [r.seed for r in tuned] == [0, 1] and tuned[0].method == "kd"
+    cfg = tuned[0].load()
+    assert cfg.optim.lr == 0.0123 and cfg.student.options == {"width": 4} and cfg.seed == 0
+    missing = dict(TINY, pairs=[dict(TINY["pairs"][0], tuned={"kd": str(tmp_path / "nowhere")})])
+    with pytest.raises(ConfigError, match="best.yaml does not exist: run `distillab tune configs/mnist1d/kd.yaml"):
+        load_suite(_suite(tmp_path, missing)).grid(tmp_path / "grid")

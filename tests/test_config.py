@@ -82,7 +82,7 @@ def test_every_shipped_config_validates():
 
     # run configs only: configs/suites/ holds benchmark suites (tests/test_bench.py loads those)
     files = [p for p in PACKAGED_CONFIGS.rglob("*.yaml") if not p.name.startswith("_")
-             and p.parent.name != "suites"]
+             and p.parent.name != "suites" and not p.name.endswith(".tune.yaml")]
     assert files
     pipelines = [p for p in files if "steps" in (yaml.safe_load(p.read_text()) or {})]
     assert pipelines  # pipelines (a list of steps) are checked by loading them as pipelines
@@ -93,3 +93,11 @@ def test_every_shipped_config_validates():
             load_pipeline(p)
         else:
             load_config(p)
+    # search spaces (<config>.tune.yaml beside their config): each fits its config, checked as `tune` would
+    from distillab.tune import check_space, parse_space
+
+    spaces = sorted(PACKAGED_CONFIGS.rglob("*.tune.yaml"))
+    assert spaces
+    for p in spaces:
+        config = p.with_name(p.name.removesuffix(".tune.yaml") + ".yaml")
+        check_space(config, [], parse_space(yaml.safe_load(p.read_text()), str(p)))

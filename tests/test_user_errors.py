@@ -36,15 +36,6 @@ def folder_digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def teacher_file(tmp_path) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path / "teacher.pt"
-    torch.save({"model": create_model("cnn1d", num_classes=10, width=8).state_dict(), "arch": "cnn1d",
-                "options": {"width": 8}}, path)
-    return path
-
-
-@pytest.fixture
 def kd_run(tmp_path, teacher_file) -> Path:
     """A finished 2-epoch KD run."""
     code, out = invoke("distill", "configs/mnist1d/kd.yaml", *tiny_overrides(tmp_path / "runs", epochs=2),

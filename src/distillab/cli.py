@@ -392,6 +392,39 @@ def bench(
                       report_only=report_only, console=console)
 
 
+@app.command()
+def tune(
+    config: str = typer.Argument(..., help="YAML config to tune (e.g. configs/mnist1d/at.yaml)"),
+    overrides: List[str] = typer.Argument(None, help="dotted overrides applied to every trial, e.g. train.epochs=20"),
+    trials: int = typer.Option(20, help="trials in the study (those already done count: rerun to continue)"),
+    workers: int = typer.Option(1, help="trials trained at once, each in its own process"),
+    space: Optional[Path] = typer.Option(None, help="search space YAML (default: CONFIG's <name>.tune.yaml beside "
+                                                    "it, else a space derived from the method's terms)"),
+    out: Optional[Path] = typer.Option(None, help="tune folder (default <out_dir>/tune/<config name>)"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL shared by several machines (default: a "
+                                                     "SQLite file in the tune folder)"),
+    pruner: str = typer.Option("median", help="stop weak trials early: median, halving (successive halving) or none"),
+    val_fraction: Optional[float] = typer.Option(None, help="share of the training set held out to score trials "
+                                                            "(default: the config's data.val_fraction, else 0.1)"),
+    final_seeds: int = typer.Option(5, help="seeds of the final test-set comparison of the best settings against "
+                                            "the config's (0: none)"),
+    seed: int = typer.Option(0, help="seed of the TPE sampler"),
+) -> None:
+    """Search a method's weights, temperatures or any config key on a validation split (Optuna TPE, pruning),
+    then compare the best settings with the config's own on the test set; write best.yaml and a report."""
+    from distillab.runner import find_config
+    from distillab.tune import tune as run_tune
+
+    with handled():
+        try:
+            run_tune(find_config(config), list(overrides or []), trials=trials, workers=workers, space_file=space,
+                     out=out, storage=storage, pruner=pruner, val_fraction=val_fraction, final_seeds=final_seeds,
+                     seed=seed, console=console)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt("the study keeps every finished trial, and an interrupted trial resumes from its "
+                                    "last checkpoint: run the same command again to continue") from None
+
+
 def _register_tools() -> None:
     from distillab.cli_tools import probe_command, rdx_command
 

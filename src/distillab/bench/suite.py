@@ -17,6 +17,8 @@ A suite is a YAML file (the shipped ones live in ``configs/suites/``)::
         methods: all                              # every one-teacher method (not _private ones, not paradigms), or a list
         exclude: [fsp]
         variants: {rdd_adaptive: mnist1d/rdd_adaptive.yaml}   # extra rows: a label and its config
+        tuned: {at: true, kd: runs/tune/kd}        # extra rows at_tuned, kd_tuned: the best.yaml of `distillab tune`
+                                                  # (true: the folder `tune` writes by default for the row's config)
         overrides: [optim.lr=0.01]                # this pair's runs
         method_overrides: {at: ["method.params.at.stages=[0, 1]"]}   # one row's runs
         reference: {kd: 73.33}                    # published top-1 per method (and teacher/ce)
@@ -73,6 +75,7 @@ class PairSpec(_Strict):
     methods: list[str] | str = "all"  # [] when the pair gives `pipelines` and no `methods`
     exclude: list[str] = Field(default_factory=list)
     variants: dict[str, str] = Field(default_factory=dict)  # label -> config path template
+    tuned: dict[str, bool | str] = Field(default_factory=dict)  # method -> true (default tune folder) or a folder
     pipelines: dict[str, str] = Field(default_factory=dict)  # label -> pipeline file, run once per seed
     overrides: list[str] = Field(default_factory=list)
     method_overrides: dict[str, list[str]] = Field(default_factory=dict)  # label -> overrides of that row only
@@ -308,6 +311,9 @@ class Suite:
             if both:
                 raise ConfigError(f"suite {self.name!r}, pair {pair.name!r}: {both[0]!r} names a method row and a "
                                   "pipeline row; give the pipeline another label")
+            for label, where in pair.tuned.items():  # a tuned row: the best config its study wrote
+                method_rows.append((f"{label}_tuned", str(self._tuned_config(pair, label, where, fields,
+                                                                               find_config))))
             for label, template in method_rows:
                 seen_labels.add(label)
                 if methods and label not in methods:
@@ -345,6 +351,20 @@ class Suite:
             if m not in seen_labels:
                 raise ConfigError(unknown_name_message(f"method of suite {self.name!r}", m, sorted(seen_labels)))
         return runs, teachers
+
+    def _tuned_config(self, pair: PairSpec, label: str, where: bool | str, fields: dict, find_config) -> Path:
+        """The ``best.yaml`` of row ``label``'s tune folder (``true``: where ``distillab tune`` puts it for the
+        row's config by default); a missing one names the command that writes it."""
+        config = self._resolve(pair, label, pair.configs.get(label), fields, find_config)
+        if where is False:
+            raise ConfigError(f"suite {self.name!r}, pair {pair.name!r}: tuned.{label} is false: drop it, or give "
+                              "true or a tune folder")
+        folder = Path(where) if isinstance(where, str) else Path(load_config(config).out_dir) / "tune" / config.stem
+        best = folder / "best.yaml"
+        if not best.is_file():
+            raise ConfigError(f"suite {self.name!r}, pair {pair.name!r}, row {label}_tuned: {best} does not exist: "
+                              f"run `distillab tune {_display(str(config))} --out {folder}` first")
+        return best
 
     def _config_teachers(self, cfg: RunConfig, pair: PairSpec, out: Path, extra: list[str],
                          teachers: dict[str, TeacherJob]) -> tuple[list[TeacherJob], list[str]]:
