@@ -39,6 +39,24 @@ def test_contrast_indices_use_a01_positive_and_a10_pool():
     assert keep.contrast_indices(index)[:, 0].tolist() == [0, 5, 6]
 
 
+def test_crd_negatives_keep_the_a01_positive_and_draw_other_classes():
+    """negatives="crd" (an ablation): CRD's draws (samples of the other class here, labels i % 2) around the
+    mined positive; the weights are unchanged."""
+    term = _mined(_term(negatives="crd"))
+    index = torch.tensor([0, 5, 6])
+    idx = term.contrast_indices(index)
+    # K as CRD draws it: nce_k, at most the distinct samples of other classes (4 of 8 here)
+    assert idx.shape == (3, 1 + min(6, 4)) and idx[:, 0].tolist() == [3, 0, 1]
+    for row, i in zip(idx, index.tolist()):
+        assert all(j % 2 != i % 2 for j in row[1:].tolist())
+    both = _mined(_term(negatives="crd", keep_self_positive=True))
+    assert both.contrast_indices(index)[:, 0].tolist() == [0, 5, 6]
+    with pytest.raises(ValueError, match="negatives must be"):
+        _term(negatives="random")
+    with pytest.raises(ValueError, match="needs negatives='a10'"):
+        _term(negatives="crd", weighted_negatives=True)
+
+
 def test_negative_draws_are_resumable_and_weighted_option_follows_affinity():
     a, b = _mined(_term()), _mined(_term())
     a.contrast_indices(torch.tensor([1, 2]))

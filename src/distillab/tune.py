@@ -457,6 +457,10 @@ def tune(config: Path, overrides: list[str], *, trials: int, workers: int = 1, s
     folder = Path(out) if out is not None else Path(cfg.out_dir) / "tune" / config.stem
     spec = open_folder(folder, make_spec(config, overrides, space, folder, storage=storage, pruner=pruner,
                                           val_fraction=val_fraction))
+    from distillab.runner import train_missing_teachers
+
+    for path in train_missing_teachers(load_config(config, overrides), console=console):  # as bench does, once
+        say(f"stored teacher: {path}")
     study = load_study(spec, seed)
     study.set_user_attr("trials", trials)
     queued = requeue_interrupted(study)

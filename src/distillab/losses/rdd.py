@@ -103,6 +103,8 @@ class RDD(LossTerm):
       unweighted one to ~1e-8); ``weighting="reference"`` reproduces that (unweighted) loss.
     - ``keep_self_positive=True`` keeps CRD's own-index positive instead of the A01 positive (not in
       the code; an ablation).
+    - ``negatives="crd"`` draws the negatives as CRD does (uniformly from the samples of other classes)
+      instead of from the A10 pool, keeping the A01 positive and the weights (not in the code; an ablation).
     - ``weighted_negatives=True`` is the blog's "weights negatives by A10" reading: negatives drawn from
       the pool with probability proportional to A10 (the mining's own A10 of each pool member) instead of
       uniformly; off by default (the code selects).
@@ -125,6 +127,7 @@ class RDD(LossTerm):
                  refresh_every: int = 0, adaptive: bool = False, probe_size: int = 1000,
                  drift_threshold: float = 0.2, keep_self_positive: bool = False,
                  weighting: Literal["confusion", "reference"] = "confusion", weighted_negatives: bool = False,
+                 negatives: Literal["a10", "crd"] = "a10",
                  pool_storage: Literal["table", "on_the_fly", "auto"] = "auto", block: int = 512,
                  seed: int = 0) -> None:
         super().__init__()
@@ -132,6 +135,10 @@ class RDD(LossTerm):
             raise ValueError("nce_k, pool_k and feat_dim must be positive")
         if weighting not in ("confusion", "reference"):
             raise ValueError(f"weighting must be 'confusion' or 'reference', got {weighting!r}")
+        if negatives not in ("a10", "crd"):
+            raise ValueError(f"negatives must be 'a10' (the pool) or 'crd' (CRD's draws), got {negatives!r}")
+        if negatives == "crd" and weighted_negatives:
+            raise ValueError("weighted_negatives weights the A10 pool's members: it needs negatives='a10'")
         if mode not in ("local", "standard"):
             raise ValueError(f"mode must be 'local' or 'standard', got {mode!r}")
         if pool_storage not in POOL_STORAGES:
@@ -146,6 +153,7 @@ class RDD(LossTerm):
         self.start_epoch, self.refresh_every = start_epoch, refresh_every
         self.adaptive, self.probe_size, self.drift_threshold = adaptive, probe_size, drift_threshold
         self.keep_self_positive, self.weighting, self.weighted_negatives = keep_self_positive, weighting, weighted_negatives
+        self.negatives = negatives
         self.pool_storage, self.block, self.seed = pool_storage, block, seed
         self.on_the_fly = False  # resolved in setup (pool_storage "auto" depends on N)
         self._teacher_cache: torch.Tensor | None = None  # teacher embeddings never change: extracted once
@@ -305,6 +313,10 @@ class RDD(LossTerm):
         here = comm.local_slice(len(global_index))
         if int(self.mined_epoch) == 0:
             return self.fallback(global_index)[here]
+        if self.negatives == "crd":  # CRD's negatives around the mined positive
+            drawn = self.fallback(global_index)[here].to(index.device)
+            positive = index if self.keep_self_positive else self.positive[index]
+            return torch.cat([positive.unsqueeze(1), drawn[:, 1:]], dim=1)
         gen = torch.Generator()  # CPU generator whose state is a buffer: resume draws the same negatives
         gen.set_state(self.draw_state.cpu())
         if self.on_the_fly:  # this rank's rows only; the draws below are the global batch's
