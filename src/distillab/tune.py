@@ -209,7 +209,8 @@ def check_space(config: Path, overrides: list[str], space: dict[str, Param]) -> 
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TuneError(f"{where}: the config's value is {value!r} ({_type_name(value)}); a {p.kind} range "
                                 "cannot set it: use type categorical with its choices")
-            if isinstance(value, int) and p.kind == "float" and key.split(".")[0] in ("train", "data"):
+            # typed sections (not a term's options, where a YAML 4 may stand for 4.0): an int stays an int
+            if isinstance(value, int) and p.kind == "float" and key.split(".")[0] in ("train", "data", "optim"):
                 raise TuneError(f"{where}: the config's value {value!r} is an int: use type int")
         if value is not None and p.kind == "categorical":
             wrong = [c for c in p.choices if _type_name(c) != _type_name(value) and not
@@ -586,12 +587,12 @@ def _short(v: Any) -> str:
 # ----------------------------------------------------------------------------------------------- the final runs
 
 
-def _final_run(config: str, overrides: list[str], folder: str) -> dict:
+def _final_run(config: str, overrides: list[str], folder: str, threads: int) -> dict:
     import torch
 
     from distillab.runner import run
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     done = Path(folder) / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -614,8 +615,11 @@ def final_comparison(config: Path, overrides: list[str], best_overrides: list[st
              str(folder / "final" / arm / f"seed{s}")) for arm in ("tuned", "default") for s in range(seeds)]
     say(f"final: the best settings and the config's defaults, {seeds} seeds each, on the test set")
     results: dict[str, list[float]] = {"tuned": [], "default": []}
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [(arm, s, pool.submit(_final_run, str(config), o, f)) for arm, s, o, f in jobs]
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn")) as pool:
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+        futures = [(arm, s, pool.submit(_final_run, str(config), o, f, threads)) for arm, s, o, f in jobs]
         for arm, s, fut in futures:
             summary = fut.result()
             results[arm].append(float(summary["test_top1"]))
