@@ -52,7 +52,8 @@ def _optuna():
         import optuna
     except ImportError:
         raise TuneError("distillab tune needs Optuna: pip install optuna") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # errors only: a trial's end (pruned, interrupted, failed and why) is printed by the watcher, one line each
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat, retry callback
     return optuna
 
@@ -368,6 +369,14 @@ def _resume_folder(trial) -> Path | None:
     return None
 
 
+def _seconds_before(trial, resume: Path | None) -> float:
+    """The training seconds a resumed trial's folder already holds (those of the trials it continues)."""
+    if resume is None:
+        return 0.0
+    return sum(float(t.user_attrs.get("seconds", 0.0)) for t in trial.study.get_trials(deepcopy=False)
+               if t.number != trial.number and t.user_attrs.get("run") == str(resume))
+
+
 def objective_for(spec: TuneSpec, folder: Path, threads: int):
     """The function a worker's trials run: one ordinary run per trial, scored on validation."""
     optuna = _optuna()
@@ -395,6 +404,7 @@ def objective_for(spec: TuneSpec, folder: Path, threads: int):
                 trial.set_user_attr("epochs", epoch)
                 raise optuna.TrialPruned(f"{spec.metric} {value:.4g} after epoch {epoch}")
 
+        before = _seconds_before(trial, resume)
         tic = time.perf_counter()
         try:
             if resume is not None:
@@ -404,8 +414,11 @@ def objective_for(spec: TuneSpec, folder: Path, threads: int):
         except RunInterrupted:
             trial.set_user_attr("interrupted", True)
             raise
+        except TrainingError as exc:  # settings that make the loss diverge: a failed trial, the study goes on
+            trial.set_user_attr("error", str(exc).split(";")[0])
+            raise
         finally:
-            trial.set_user_attr("seconds", time.perf_counter() - tic + trial.user_attrs.get("seconds", 0.0))
+            trial.set_user_attr("seconds", time.perf_counter() - tic + before)
         trial.set_user_attr("epochs", summary["epochs"])
         key = "val_loss" if spec.metric == "val/loss" else "val_top1"
         return float(summary[key])
@@ -420,7 +433,8 @@ def worker(spec_dict: dict, folder: str, trials: int, threads: int, seed: int) -
 
     spec = TuneSpec(**spec_dict)
     torch.set_num_threads(threads)
-    study = load_study(spec, seed)
+    # the sampler's seed moves on with the study, so a continued study does not propose its first points again
+    study = load_study(spec, seed + len(load_study(spec, seed).get_trials(deepcopy=False)))
     total = int(study.user_attrs.get("trials", trials))
 
     def stop_at_budget(study, _trial) -> None:
@@ -518,9 +532,12 @@ def _run_workers(spec: TuneSpec, folder: Path, trials: int, workers: int, seed: 
     import threading
 
     cores = os.cpu_count() or 1
+    states = _optuna().trial.TrialState
+    ended = {t.number for t in load_study(spec, seed).get_trials(deepcopy=False)
+             if t.state not in (states.RUNNING, states.WAITING)}
     if workers == 1:  # in this process: simpler to interrupt, and tracebacks read as they are
         done = threading.Event()
-        watcher = threading.Thread(target=_watch, args=(spec, say, done.is_set), daemon=True)
+        watcher = threading.Thread(target=_watch, args=(spec, say, done.is_set, ended), daemon=True)
         watcher.start()
         try:
             worker(asdict(spec), str(folder), trials, cores, seed)
@@ -535,7 +552,7 @@ def _run_workers(spec: TuneSpec, folder: Path, trials: int, workers: int, seed: 
     for p in procs:
         p.start()
     try:
-        _watch(spec, say, lambda: not any(p.is_alive() for p in procs))
+        _watch(spec, say, lambda: not any(p.is_alive() for p in procs), ended)
     finally:  # Ctrl-C reaches the workers too: each marks its trial interrupted and ends
         for p in procs:
             p.join()
@@ -548,11 +565,11 @@ def _worker_process(*args) -> None:
         pass
 
 
-def _watch(spec: TuneSpec, say, finished: Callable[[], bool]) -> None:
-    """Print each trial as it ends (polling the study), until ``finished()``."""
+def _watch(spec: TuneSpec, say, finished: Callable[[], bool], seen: set[int]) -> None:
+    """Print each trial as it ends (polling the study), until ``finished()``; ``seen``: trials not to print (those
+    that ended before this session)."""
     optuna = _optuna()
     states = optuna.trial.TrialState
-    seen: set[int] = set()
     study = None
     while True:
         stop = finished()
@@ -571,7 +588,8 @@ def _watch(spec: TuneSpec, say, finished: Callable[[], bool]) -> None:
             seen.add(t.number)
             what = {states.COMPLETE: f"{spec.metric} {t.value:.4f}" if t.value is not None else "complete",
                     states.PRUNED: f"pruned after epoch {t.last_step}",
-                    states.FAIL: "interrupted" if t.user_attrs.get("interrupted") else "failed"}.get(t.state, t.state.name)
+                    states.FAIL: "interrupted" if t.user_attrs.get("interrupted") else
+                    f"failed ({t.user_attrs.get('error', 'see the trial folder')})"}.get(t.state, t.state.name)
             params = " ".join(f"{k}={_short(v)}" for k, v in t.params.items())
             lead = f" (best {best.value:.4f}, trial {best.number})" if best is not None else ""
             say(f"trial {t.number:3d} {what}{lead}  {t.user_attrs.get('seconds', 0):.0f} s  {params}")
