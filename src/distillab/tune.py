@@ -336,9 +336,11 @@ def counted(study) -> int:
     """Trials that use up the budget: finished (complete or pruned) and failed by their settings; trials
     interrupted, or still running, do not."""
     states = _optuna().trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    retried = {_retry_callback().retried_trial_number(t) for t in trials}  # trials of dead processes, run again
     return sum(t.state in (states.COMPLETE, states.PRUNED) or
-               (t.state == states.FAIL and not t.user_attrs.get("interrupted") and not t.user_attrs.get("stale"))
-               for t in study.get_trials(deepcopy=False))
+               (t.state == states.FAIL and not t.user_attrs.get("interrupted") and t.number not in retried)
+               for t in trials)
 
 
 def requeue_interrupted(study) -> int:
