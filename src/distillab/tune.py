@@ -508,8 +508,8 @@ def tune(config: Path, overrides: list[str], *, trials: int, workers: int = 1, s
     write_text_atomic(folder / "best.yaml", _best_yaml(best_cfg, config, best, spec))
     say(f"best: trial {best.number}, {spec.metric} {best.value:.4f}: {' '.join(best_overrides)}; "
         f"config {folder / 'best.yaml'}")
-    final = final_comparison(config, overrides, best_overrides, folder, final_seeds, workers, say) \
-        if final_seeds > 0 else None
+    final = final_comparison(config, overrides, best_overrides, folder, final_seeds, workers, say,
+                             lm=spec.metric == "val/loss") if final_seeds > 0 else None
     from distillab.tune_report import write_report
 
     figures = write_report(folder, study, spec, final, searched_s=searched_s)
@@ -624,9 +624,10 @@ def _final_run(config: str, overrides: list[str], folder: str, threads: int) -> 
 
 
 def final_comparison(config: Path, overrides: list[str], best_overrides: list[str], folder: Path, seeds: int,
-                     workers: int, say) -> dict:
+                     workers: int, say, lm: bool = False) -> dict:
     """The best settings and the config's own, each over ``seeds`` seeds, on the whole training set, scored on
-    the test set: mean ± std and Welch's p. Finished runs are reused."""
+    the test set (top-1; a language model: bits per byte): mean ± std and Welch's p. Finished runs are
+    reused."""
     from concurrent.futures import ProcessPoolExecutor
 
     from distillab.bench.aggregate import welch_p
@@ -635,6 +636,7 @@ def final_comparison(config: Path, overrides: list[str], best_overrides: list[st
              str(folder / "final" / arm / f"seed{s}")) for arm in ("tuned", "default") for s in range(seeds)]
     say(f"final: the best settings and the config's defaults, {seeds} seeds each, on the test set")
     results: dict[str, list[float]] = {"tuned": [], "default": []}
+    key, name = ("test_bpb", "test bits per byte") if lm else ("test_top1", "test top-1")
     from multiprocessing import get_context
 
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn")) as pool:
@@ -642,13 +644,13 @@ def final_comparison(config: Path, overrides: list[str], best_overrides: list[st
         futures = [(arm, s, pool.submit(_final_run, str(config), o, f, threads)) for arm, s, o, f in jobs]
         for arm, s, fut in futures:
             summary = fut.result()
-            results[arm].append(float(summary["test_top1"]))
-            say(f"  {arm} seed {s}: test top-1 {summary['test_top1']:.2f}")
+            results[arm].append(float(summary[key]))
+            say(f"  {arm} seed {s}: {name} {summary[key]:.4g}")
 
     def stats(v: list[float]) -> dict:
         return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}
 
-    out = {"tuned": stats(results["tuned"]), "default": stats(results["default"]), "seeds": seeds,
+    out = {"metric": key, "tuned": stats(results["tuned"]), "default": stats(results["default"]), "seeds": seeds,
            "p": welch_p(results["tuned"], results["default"]), "overrides": best_overrides}
     p = out["p"]
     say(f"  tuned {out['tuned']['mean']:.2f} ± {out['tuned']['std']:.2f} vs default {out['default']['mean']:.2f} ± "

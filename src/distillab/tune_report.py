@@ -181,11 +181,12 @@ def write_report(folder: Path, study, spec, final: dict | None, *, searched_s: f
               f"they would have taken about {cost['seconds_saved']:.0f} s more.", ""]
     if final is not None:
         p = final["p"]
+        what = "test bits per byte (lower is better)" if final.get("metric") == "test_bpb" else "test top-1"
         lines += ["## On the test set", "",
                   f"The best settings and the config's own, {final['seeds']} seeds each (0 .. {final['seeds'] - 1}), "
-                  "trained on the whole training set as the config says, last-epoch test top-1:", "",
-                  "| settings | test top-1 (mean ± std) | runs |", "|---|---|---|",
-                  f"| tuned ({' '.join(final['overrides'])}) | {final['tuned']['mean']:.2f} ± "
+                  f"trained on the whole training set as the config says, last-epoch {what}:", "",
+                  f"| settings | {what} (mean ± std) | runs |", "|---|---|---|",
+                  f"| tuned ({', '.join(f'{k}={_fmt(v)}' for k, v in best.params.items())}) | {final['tuned']['mean']:.2f} ± "
                   f"{final['tuned']['std']:.2f} | {len(final['tuned']['values'])} |",
                   f"| the config's defaults | {final['default']['mean']:.2f} ± {final['default']['std']:.2f} | "
                   f"{len(final['default']['values'])} |", "",
