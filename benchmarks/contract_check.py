@@ -38,8 +38,9 @@ COMMON = ["train.tensorboard=false", "train.progress=false", "train.checkpoint_e
 
 
 def run_configs() -> list[str]:
-    """Every MNIST-1D run config (not the shared ``_*.yaml`` parts, not the teacher)."""
-    return sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("_") and p.name != TEACHER)
+    """Every MNIST-1D run config (not the shared ``_*.yaml`` parts, not the teacher, not search spaces)."""
+    return sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("_") and p.name != TEACHER
+                  and not p.name.endswith(".tune.yaml"))  # search spaces of `distillab tune`, not configs
 
 
 def _env(src: str | None) -> dict:
