@@ -29,8 +29,8 @@ class StateDumpingTrainer(runner.Trainer):
         self.global_samples = getattr(self, "global_samples", []) + [state.samples]
         return state
 
-    def fit(self, progress_factory=None):
-        summary = super().fit(progress_factory)
+    def fit(self, progress_factory=None, **kwargs):
+        summary = super().fit(progress_factory, **kwargs)
         torch.save({"model": self.student.state_dict(), "objective": self.objective.state_dict(),
                     "models": {m.name: m.module.state_dict() for m in self.models.trainable},
                     "summary": summary, "seen": self.seen, "global_samples": self.global_samples},

@@ -298,7 +298,9 @@ def _run(cfg: RunConfig, dist: DistInfo, device: torch.device, *, resume: Path |
         write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))
         report(f"run folder: {run_dir}" + (f" ({dist.world_size} processes)" if dist.enabled else ""))
     try:
-        summary = trainer.fit(_progress(cfg, progress, console, label, dist), on_epoch)
+        bar = _progress(cfg, progress, console, label, dist)
+        # the hook only when there is one: a Trainer subclass written for fit(progress_factory) keeps working
+        summary = trainer.fit(bar) if on_epoch is None else trainer.fit(bar, on_epoch=on_epoch)
     except KeyboardInterrupt:
         command = "train-teacher" if label == "teacher" else "distill"
         kept = f"the last checkpoint holds {trainer.saved}" if trainer.saved else "no checkpoint was written yet"
