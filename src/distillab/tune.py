@@ -607,45 +607,36 @@ def _short(v: Any) -> str:
 # ----------------------------------------------------------------------------------------------- the final runs
 
 
-def _final_run(config: str, overrides: list[str], folder: str, threads: int) -> dict:
-    import torch
-
-    from distillab.runner import run
-
-    torch.set_num_threads(threads)
-    done = Path(folder) / "summary.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    cfg = load_config(config, [*overrides, "train.progress=false", "train.tensorboard=false"])
-    partial = (Path(folder) / "checkpoints" / "last.pt").is_file()
-    summary, _ = run(cfg, resume=Path(folder) if partial else None, run_dir=None if partial else Path(folder),
-                     progress=False, report=lambda _m: None)
-    return summary
-
-
 def final_comparison(config: Path, overrides: list[str], best_overrides: list[str], folder: Path, seeds: int,
                      workers: int, say, lm: bool = False) -> dict:
     """The best settings and the config's own, each over ``seeds`` seeds, on the whole training set, scored on
     the test set (top-1; a language model: bits per byte): mean ± std and Welch's p. Finished runs are
     reused."""
-    from concurrent.futures import ProcessPoolExecutor
-
     from distillab.bench.aggregate import welch_p
+    from distillab.bench.execute import execute_grid
+    from distillab.bench.suite import RunSpec
 
-    jobs = [(arm, s, [*overrides, *(best_overrides if arm == "tuned" else []), f"seed={s}"],
-             str(folder / "final" / arm / f"seed{s}")) for arm in ("tuned", "default") for s in range(seeds)]
     say(f"final: the best settings and the config's defaults, {seeds} seeds each, on the test set")
+    method = load_config(config, overrides).method.name
+    specs = {}
+    for arm in ("tuned", "default"):
+        for s in range(seeds):
+            run_folder = folder / "final" / arm / f"seed{s}"
+            ov = [*overrides, *(best_overrides if arm == "tuned" else []), f"seed={s}", "train.progress=false",
+                  "train.tensorboard=false"]
+            specs[(arm, s)] = RunSpec("final", arm, method, s, str(config), ov, run_folder)
+    # the grid runner of `bench`: finished runs skipped, interrupted ones resumed, Ctrl-C stops every worker
+    outcomes = execute_grid(list(specs.values()), {}, workers=max(1, workers), report=lambda _m: None)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        raise TuneError(f"final run {failed[0].key} failed: {failed[0].error} (see its error.txt); run the same "
+                        "command again to retry")
     results: dict[str, list[float]] = {"tuned": [], "default": []}
     key, name = ("test_bpb", "test bits per byte") if lm else ("test_top1", "test top-1")
-    from multiprocessing import get_context
-
-    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=get_context("spawn")) as pool:
-        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-        futures = [(arm, s, pool.submit(_final_run, str(config), o, f, threads)) for arm, s, o, f in jobs]
-        for arm, s, fut in futures:
-            summary = fut.result()
-            results[arm].append(float(summary[key]))
-            say(f"  {arm} seed {s}: {name} {summary[key]:.4g}")
+    for (arm, s), spec in specs.items():
+        summary = json.loads((spec.folder / "summary.json").read_text())
+        results[arm].append(float(summary[key]))
+        say(f"  {arm} seed {s}: {name} {summary[key]:.4g}")
 
     def stats(v: list[float]) -> dict:
         return {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0, "values": v}

@@ -55,6 +55,9 @@ def plot_history(trials: list, direction: str, metric: str, path: Path) -> None:
     ax.step(xs, [b for _, b in line if b is not None], where="post", color="tab:orange", label="best so far")
     ax.scatter([], [], color="tab:blue", s=18, label="complete")
     ax.scatter([], [], color="tab:gray", marker="x", s=18, label="pruned (last report)")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(metric)
     ax.legend(fontsize=8)
@@ -94,7 +97,10 @@ def plot_slices(trials: list, space: dict[str, dict], metric: str, path: Path) -
         else:
             ax.scatter(xs, ys, c=[t.number for t in done], cmap="viridis", s=16)
             if space[key].get("log"):
+                from matplotlib.ticker import NullFormatter
+
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())  # a decade's minor labels overlap
         ax.set_title(key, fontsize=8)
         ax.set_ylabel(metric, fontsize=8)
         ax.grid(alpha=0.3)
