@@ -373,3 +373,13 @@ def test_a_tuned_row_runs_the_best_config_of_its_tune_folder(tmp_path):
     missing = dict(TINY, pairs=[dict(TINY["pairs"][0], tuned={"kd": str(tmp_path / "nowhere")})])
     with pytest.raises(ConfigError, match="best.yaml does not exist: run `distillab tune configs/mnist1d/kd.yaml"):
         load_suite(_suite(tmp_path, missing)).grid(tmp_path / "grid")
+
+
+def test_the_report_says_which_split_chose_the_best_epoch():
+    from distillab.bench.report import _selection
+
+    val = [RunRow("p", "kd", i, "done", 80.0, 81.0, 3, selected_by="validation") for i in range(2)]
+    test = [RunRow("p", "ce", 0, "done", 70.0, 71.0, 2, selected_by="test")]
+    assert "never on test" in _selection(val)
+    assert "in 2 of 3 runs" in _selection(val + test)
+    assert "optimistic" in _selection(test)

@@ -39,6 +39,7 @@ class RunRow:
     error: str = ""
     column: str = "test/top1"  # the metrics.csv column behind last_top1 (another model's, in a run of several;
     # "" for an ensemble of a pipeline's steps, which has no curve)
+    selected_by: str = ""  # which split chose the best epoch: "validation" (data.val_fraction) or "test"
 
 
 @dataclass
@@ -122,6 +123,7 @@ def read_run(spec: RunSpec | PipelineRun) -> RunRow:
         row.status = "done"
         row.last_top1, row.best_top1, row.best_epoch = s.get("test_top1"), s.get("best_top1"), s.get("best_epoch")
         row.teacher_top1, row.train_time_s = s.get("teacher_top1"), s.get("train_time_s")
+        row.selected_by = s.get("selected_by", "test")
     elif error_file.is_file():
         row.status = "failed"
         row.error = next(iter(error_file.read_text().strip().splitlines()), "") or "failed"

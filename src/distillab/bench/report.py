@@ -49,6 +49,18 @@ TABLE_HEAD_LINES = [("method",), ("last epoch", "(mean ± std)"), ("best epoch",
 TABLE_HEAD = [" ".join(lines) for lines in TABLE_HEAD_LINES]
 
 
+def _selection(runs) -> str:
+    """Which split chose the runs' best epoch: the test set (an optimistic number), or a validation part."""
+    done = [r for r in runs if r.status == "done" and getattr(r, "selected_by", "")]
+    on_val = sum(r.selected_by == "validation" for r in done)
+    if done and on_val == len(done):
+        return "chosen on a validation part held out of the training set (`data.val_fraction`), never on test"
+    if on_val:
+        return f"chosen on validation in {on_val} of {len(done)} runs, on the test set in the rest"
+    return ("chosen on the test set, as the reference codebases do (an optimistic number; `data.val_fraction` "
+            "chooses it on validation)")
+
+
 def table_rows(cells: list[Cell], metric: str) -> list[list[str]]:
     rows = []
     for c in ranked(cells, metric):
@@ -229,11 +241,12 @@ def write_report(out: Path, suite, cells: list[Cell], runs: list[RunRow], teache
            f"- versions: distillab {env['distillab']}, torch {env['torch']}, Python {env['python']}",
            f"- reported: test top-1 (%) at the last epoch and at the best epoch, mean ± sample std over seeds "
            f"{sorted({r.seed for r in runs})}; Δ and Welch's p compare the last epoch with the labels-only student (`ce`)",
+           f"- best epoch: {_selection(runs)}",
            ""]
     html_parts = [f"<h1>Benchmark suite <code>{html.escape(suite.name)}</code></h1>",
                   f"<p>{_inline_html(suite.spec.description.strip())}</p>" if suite.spec.description else "",
                   f"<p>{_inline_html(suite.spec.hardware_note.strip())}</p>" if suite.spec.hardware_note else "",
-                  "<ul>" + "".join(f"<li>{_inline_html(line[2:])}</li>" for line in md[-6:-1]) + "</ul>"]
+                  "<ul>" + "".join(f"<li>{_inline_html(line[2:])}</li>" for line in md[-7:-1]) + "</ul>"]
     for pair in pairs:
         pcells = [c for c in cells if c.pair == pair]
         spec = suite.pair(pair)
