@@ -57,6 +57,13 @@ def options_of(factory: Callable, skip: Iterable[str] = ()) -> list[str] | None:
     return [n for n in names if n not in set(skip)]
 
 
+def option_default(factory: Callable, name: str) -> Any:
+    """The default of keyword option ``name`` of a registered factory (a class: its ``__init__``), or None
+    where it has no such option or no default."""
+    p = inspect.signature(factory).parameters.get(name)
+    return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
 def check_options(factory: Callable, options: dict[str, Any], where: str, what: str,
                   skip: Iterable[str] = ()) -> None:
     """Refuse an option ``factory`` does not take, naming the closest valid one (``where.key`` in the message)."""

@@ -18,7 +18,7 @@ from distillab.config import ConfigError, ModelConfig, RunConfig, TeacherConfig,
 from distillab.core.contract import FROZEN, MAIN_INPUT, TRAINABLE
 from distillab.core.files import load_checkpoint
 from distillab.objective import Objective, build_objective
-from distillab.options import check_options
+from distillab.options import check_options, option_default
 from distillab.registry import RegistryError
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -181,14 +181,6 @@ def _field_hint(data: str, field: str) -> str:
     return f"; {hints[field]}" if field in hints else ""
 
 
-def _default(factory, name: str):
-    """The default of keyword ``name`` in a registered factory's signature (None where it has none)."""
-    import inspect
-
-    p = inspect.signature(factory).parameters.get(name)
-    return None if p is None or p.default is inspect.Parameter.empty else p.default
-
-
 def _check_task(cfg: RunConfig, objective: Objective, models: list[ModelPlan]) -> None:
     """Language modelling and classification do not mix: models, terms and options must fit the data set's
     task (a language model's context must hold the data's blocks)."""
@@ -222,7 +214,7 @@ def _check_task(cfg: RunConfig, objective: Objective, models: list[ModelPlan]) -
         return
     block_of = entry.meta.get("block")  # a data set whose block length is not an option (a folder's) says it
     block = block_of(dict(cfg.data.options)) if block_of is not None else \
-        cfg.data.options.get("block", _default(DATASETS.get(cfg.data.name), "block"))
+        cfg.data.options.get("block", option_default(DATASETS.get(cfg.data.name), "block"))
     for name, term in objective.terms.items():
         check = getattr(term, "check_block", None)  # terms that cut blocks (an on-policy prompt)
         if block is not None and check is not None:
@@ -233,7 +225,7 @@ def _check_task(cfg: RunConfig, objective: Objective, models: list[ModelPlan]) -
     for m in models:
         context_of = MODELS.entry(m.arch).meta.get("context")  # a model whose context is in a file says it
         context = context_of(dict(m.options)) if context_of is not None else \
-            m.options.get("context", _default(MODELS.get(m.arch), "context"))
+            m.options.get("context", option_default(MODELS.get(m.arch), "context"))
         if block is not None and context is not None and int(block) > int(context):
             raise ConfigError(f"data.options.block is {block} tokens but {m.section} ({m.arch}) has a context of "
                               f"{context}: use a shorter block (data.options.block={context}) or a model with a "

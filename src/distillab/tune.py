@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import statistics
 import time
@@ -33,9 +32,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from distillab.config import ConfigError, RunConfig, load_config, load_yaml, to_yaml
+from distillab.config import ConfigError, RunConfig, load_config, load_yaml
 from distillab.core.errors import TrainingError, UserError
 from distillab.core.files import write_json_atomic, write_text_atomic
+from distillab.options import option_default
 
 KINDS = ("float", "int", "categorical")
 DEFAULT_VAL_FRACTION = 0.1
@@ -148,20 +148,12 @@ def default_space(cfg: RunConfig) -> dict[str, Param]:
         weight = cfg.method.weights.get(name, term.weight)
         if term.loss != "ce" and weight > 0:
             space[f"method.weights.{name}"] = Param(f"method.weights.{name}", "float", weight / 10, weight * 10, True)
-        if "temperature" in _signature_defaults(LOSSES.get(term.loss)):
+        if option_default(LOSSES.get(term.loss), "temperature") is not None:
             space[f"method.params.{name}.temperature"] = Param(f"method.params.{name}.temperature", "float", 1.0, 8.0)
     lr = cfg.optim.lr
     if lr > 0:
         space["optim.lr"] = Param("optim.lr", "float", lr / 3, lr * 3, True)
     return space
-
-
-def _signature_defaults(factory: Callable) -> dict[str, Any]:
-    import inspect
-
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    return {p.name: p.default for p in inspect.signature(target).parameters.values()
-            if p.default is not inspect.Parameter.empty}
 
 
 def current_value(cfg: RunConfig, key: str) -> Any:
@@ -181,7 +173,7 @@ def current_value(cfg: RunConfig, key: str) -> Any:
             return given[parts[3]]
         if term is None:
             return None
-        return term.params.get(parts[3], _signature_defaults(LOSSES.get(term.loss)).get(parts[3]))
+        return term.params.get(parts[3], option_default(LOSSES.get(term.loss), parts[3]))
     node: Any = cfg.model_dump(mode="json")
     for part in parts:
         if not isinstance(node, dict) or part not in node:
@@ -276,10 +268,11 @@ def make_spec(config: Path, overrides: list[str], space: dict[str, Param], folde
 
 def _is_lm(cfg: RunConfig) -> bool:
     from distillab.data import DATASETS
+    from distillab.registry import RegistryError
 
     try:
         return DATASETS.entry(cfg.data.name).meta.get("task") == "lm"
-    except Exception:  # an unknown data set is refused by the plan check with its own message
+    except RegistryError:  # an unknown data set is refused by the plan check with its own message
         return False
 
 
@@ -476,7 +469,7 @@ def tune(config: Path, overrides: list[str], *, trials: int, workers: int = 1, s
                                           val_fraction=val_fraction))
     from distillab.runner import train_missing_teachers
 
-    for path in train_missing_teachers(load_config(config, overrides), console=console):  # as bench does, once
+    for path in train_missing_teachers(cfg, console=console):  # as bench does, once
         say(f"stored teacher: {path}")
     study = load_study(spec, seed)
     study.set_user_attr("trials", trials)
@@ -564,7 +557,7 @@ def _worker_process(*args) -> None:
     try:
         worker(*args)
     except KeyboardInterrupt:  # the trial is recorded as interrupted; the main process says how to continue
-        pass
+        return
 
 
 def _watch(spec: TuneSpec, say, finished: Callable[[], bool], seen: set[int]) -> None:

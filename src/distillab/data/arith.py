@@ -35,7 +35,6 @@ for one byte (the held-out bits per byte are bits per character).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -44,9 +43,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from distillab.core.errors import DataError, DataMissingError
+from distillab.core.errors import DataError
 from distillab.core.files import write_json_atomic
-from distillab.data.base import DATASETS, IGNORE_INDEX, ArrayDataset, DataBundle
+from distillab.data.base import DATASETS, IGNORE_INDEX, ArrayDataset, DataBundle, read_json_file
 
 TASK = "lm"  # registry meta: the plan pairs this data set with language models only
 TASKS = ("add", "sort")
@@ -282,13 +281,8 @@ def read_generated(path: str | Path, task: str, format: str) -> tuple[list[str],
     """The texts of a file written by :func:`save_generated` and their problems, checked against the data set's
     options (a DataError naming the file and the option otherwise)."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataMissingError(f"data set 'arith': from_file {str(path)!r} does not exist: write it with "
-                               "distillab.data.arith.save_generated or fix the path")
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"data set 'arith': from_file {str(path)!r} cannot be read ({exc}): write it again") from None
+    record = read_json_file(path, "data set 'arith': from_file ",
+                            "write it with distillab.data.arith.save_generated or fix the path", "write it again")
     if not isinstance(record, dict) or record.get("format") != GENERATED_FORMAT:
         raise DataError(f"data set 'arith': {str(path)!r} is not a {GENERATED_FORMAT} file (save_generated writes one)")
     if record.get("version") != GENERATED_VERSION or record.get("tokenizer") != TOKENIZER:

@@ -16,6 +16,7 @@ data set does not provide is refused before any data is read.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from distillab.core.contract import INDEX, LABEL, MAIN_INPUT
+from distillab.core.errors import DataError, DataMissingError
 from distillab.registry import Registry
 
 DATASETS: Registry = Registry("data set")
@@ -183,6 +185,17 @@ class DataBundle:
             raise KeyError(f"data set {self.name!r} has no input field {name!r} (fields: "
                            f"{', '.join(self.field_names())})")
         return self.fields[name]
+
+
+def read_json_file(file: Path, prefix: str, missing: str, unreadable: str) -> Any:
+    """The parsed JSON of a data set's description file. A missing file is a DataMissingError, an unreadable
+    one a DataError: ``{prefix}'{file}' does not exist: {missing}`` / ``... cannot be read (why): {unreadable}``."""
+    if not file.is_file():
+        raise DataMissingError(f"{prefix}{str(file)!r} does not exist: {missing}")
+    try:
+        return json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{prefix}{str(file)!r} cannot be read ({exc}): {unreadable}") from None
 
 
 def default_data_root() -> Path:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import pickle
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 from distillab.core.errors import DataError, DataMissingError
 from distillab.core.files import atomic_file, write_json_atomic
-from distillab.data.base import DATASETS, ArrayDataset, DataBundle, InputField
+from distillab.data.base import DATASETS, ArrayDataset, DataBundle, InputField, read_json_file
 
 SOFT = "soft"  # the field holding the soft targets (N, C)
 DATA_FILE = "data.pt"
@@ -154,14 +153,8 @@ def read_tensor_meta(path: str | Path | None) -> dict[str, Any]:
     if not folder.is_dir():
         raise DataMissingError(f"data set 'tensors': folder {str(folder)!r} (data.options.path) does not exist: "
                                "write it with save_tensor_dataset or fix the path")
-    if not meta_file.is_file():
-        raise DataMissingError(f"data set 'tensors': {str(meta_file)!r} does not exist: {str(folder)!r} is not a "
-                               "folder written by save_tensor_dataset")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"data set 'tensors': {str(meta_file)!r} cannot be read ({exc}): "
-                        "write the folder again") from None
+    meta = read_json_file(meta_file, "data set 'tensors': ",
+                          f"{str(folder)!r} is not a folder written by save_tensor_dataset", "write the folder again")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"data set 'tensors': {str(meta_file)!r} is not a {FORMAT} description: "
                         "write the folder with save_tensor_dataset")

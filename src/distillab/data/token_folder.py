@@ -16,15 +16,14 @@ written atomically:
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from distillab.core.errors import DataError, DataMissingError
+from distillab.core.errors import DataError
 from distillab.core.files import write_json_atomic
-from distillab.data.base import DATASETS, IGNORE_INDEX, ArrayDataset, DataBundle, InputField
+from distillab.data.base import DATASETS, IGNORE_INDEX, ArrayDataset, DataBundle, InputField, read_json_file
 from distillab.data.tensor_folder import META_FILE, load_payload, write_payload
 
 FORMAT = "distillab.token_blocks"
@@ -80,13 +79,8 @@ def read_token_meta(path: str | Path | None) -> dict[str, Any]:
     unreadable: DataError; each names the path."""
     folder = _folder(path)
     meta_file = folder / META_FILE
-    if not meta_file.is_file():
-        raise DataMissingError(f"data set 'token_blocks': {str(meta_file)!r} does not exist: {str(folder)!r} is not a "
-                               "folder written by lm_generate, teacher_logits or save_token_dataset")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"data set 'token_blocks': {str(meta_file)!r} cannot be read ({exc}): write it again") from None
+    meta = read_json_file(meta_file, "data set 'token_blocks': ", f"{str(folder)!r} is not a folder written by "
+                          "lm_generate, teacher_logits or save_token_dataset", "write it again")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise DataError(f"data set 'token_blocks': {str(meta_file)!r} is not a {FORMAT} v{VERSION} description")
     return meta

@@ -65,18 +65,15 @@ def split_indices(n: int, fraction: float, seed: int, labels: torch.Tensor | Non
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {fraction}")
     generator = torch.Generator().manual_seed(int(seed))
-    if labels is None:
-        order = torch.randperm(n, generator=generator)
-        k = min(max(round(fraction * n), 1), n - 1) if n >= 2 else 0
-        val = order[:k]
-    else:
-        parts = []
-        for c in torch.unique(labels).tolist():  # ascending classes: the same draws on every machine
-            members = (labels == c).nonzero().squeeze(1)
-            members = members[torch.randperm(len(members), generator=generator)]
-            k = min(max(math.floor(fraction * len(members) + 0.5), 1), len(members) - 1) if len(members) >= 2 else 0
-            parts.append(members[:k])
-        val = torch.cat(parts)
+    # without classes the whole set is one group: the same draws as a plain random share
+    groups = [torch.arange(n)] if labels is None else \
+        [(labels == c).nonzero().squeeze(1) for c in torch.unique(labels).tolist()]  # ascending: same on every machine
+    parts = []
+    for members in groups:
+        members = members[torch.randperm(len(members), generator=generator)]
+        k = min(max(math.floor(fraction * len(members) + 0.5), 1), len(members) - 1) if len(members) >= 2 else 0
+        parts.append(members[:k])
+    val = torch.cat(parts)
     if len(val) == 0 or len(val) == n:
         raise ValueError(f"val_fraction {fraction} of {n} training samples leaves "
                          f"{'no validation' if len(val) == 0 else 'no training'} samples: choose another fraction")
